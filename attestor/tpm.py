@@ -1,0 +1,286 @@
+"""The node's TPM, over tpm2-pytss ESAPI.  The only module in Lightgate that opens a TPM.
+
+The TCTI comes from configuration in tpm2-tools form: `swtpm:host=127.0.0.1,port=2321`,
+`device:/dev/tpmrm0` (the kernel's resource manager) or `tabrmd:bus_type=system`.
+
+Keys:
+- EK: recreated from the TCG default template (EK Credential Profile 2.0, 2.1.5, low
+  range: RSA-2048 at NV 0x01c00002 or ECC NIST P-256 at 0x01c0000a) or from the template
+  the manufacturer stored beside the certificate, so it is the key the EK certificate
+  certifies.
+- AK: a restricted signing key created as a child of the EK (as `tpm2_createak` does),
+  so ActivateCredential can prove it shares a TPM with the EK.  Its TPM2B_PUBLIC and
+  TPM2B_PRIVATE are returned for the agent to persist; the TPM re-loads them later.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal
+
+# tpm2-tss logs every expected TPM error (such as probing for an absent EK template
+# index) to stderr; the agent reports failures itself.  An operator can still set it.
+os.environ.setdefault("TSS2_LOG", "all+NONE")
+
+from tpm2_pytss import ESAPI  # noqa: E402
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPMA_OBJECT
+from tpm2_pytss.TSS2_Exception import TSS2_Exception
+from tpm2_pytss.types import (
+    TPM2B_DATA,
+    TPM2B_ENCRYPTED_SECRET,
+    TPM2B_ID_OBJECT,
+    TPM2B_PRIVATE,
+    TPM2B_PUBLIC,
+    TPML_PCR_SELECTION,
+    TPMT_PUBLIC,
+    TPMT_SYM_DEF,
+)
+from tpm2_pytss.utils import NVReadEK, create_ek_template
+
+from verifier.evidence.tpm_structures import HashAlg, PcrSelection
+
+EkKind = Literal["rsa", "ecc"]
+AkAlgorithm = Literal["ecc", "rsa"]
+
+_EK_TEMPLATES: dict[str, str] = {"rsa": "EK-RSA2048", "ecc": "EK-ECC256"}
+_AK_ALGORITHMS: dict[str, str] = {
+    "ecc": "ecc256:ecdsa-sha256:null",
+    "rsa": "rsa2048:rsassa-sha256:null",
+}
+_AK_ATTRIBUTES = (
+    TPMA_OBJECT.RESTRICTED
+    | TPMA_OBJECT.SIGN_ENCRYPT
+    | TPMA_OBJECT.FIXEDTPM
+    | TPMA_OBJECT.FIXEDPARENT
+    | TPMA_OBJECT.SENSITIVEDATAORIGIN
+    | TPMA_OBJECT.USERWITHAUTH
+)
+_PCR_READ_BATCH = 8  # TPM2_PCR_Read returns at most 8 digests per call (Part 3, 22.4)
+
+
+class TpmError(Exception):
+    """A TPM command failed; the message names the command and the TPM's response code."""
+
+
+@dataclass(frozen=True)
+class AkBlobs:
+    """A persisted AK: TPM2B_PUBLIC and TPM2B_PRIVATE (wrapped by the EK) as marshalled."""
+
+    public: bytes
+    private: bytes
+
+    @property
+    def tpmt_public(self) -> bytes:
+        return self.public[2:]
+
+
+@dataclass(frozen=True)
+class Endorsement:
+    """The EK as the verifier needs it: certificate (DER, if provisioned) and TPMT_PUBLIC."""
+
+    kind: EkKind
+    certificate: bytes | None
+    public: bytes
+
+
+class Tpm:
+    """An ESAPI session to one TPM.  Not thread-safe: one Tpm per thread."""
+
+    def __init__(self, tcti: str, ek_kind: EkKind = "rsa") -> None:
+        self.tcti = tcti
+        self.ek_kind = ek_kind
+        try:
+            self._ectx = ESAPI(tcti)
+        except TSS2_Exception as exc:
+            raise TpmError(f"cannot open TPM at {tcti!r}: {exc}") from None
+        self._ek_handle: Any = None
+        self._endorsement: Endorsement | None = None
+        self._loaded_ak: tuple[AkBlobs, Any] | None = None
+
+    def close(self) -> None:
+        """Flush the transient objects this session loaded, then close it.  Without a
+        resource manager (a bare swtpm socket) they would otherwise fill the TPM's
+        object slots for the next user."""
+        if self._loaded_ak is not None:
+            self._flush(self._loaded_ak[1])
+            self._loaded_ak = None
+        if self._ek_handle is not None:
+            self._flush(self._ek_handle)
+            self._ek_handle = None
+        self._ectx.close()
+
+    def __enter__(self) -> Tpm:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # --- endorsement key -------------------------------------------------------------
+
+    def endorsement(self) -> Endorsement:
+        self._load_ek()
+        assert self._endorsement is not None
+        return self._endorsement
+
+    def _load_ek(self) -> Any:
+        if self._ek_handle is not None:
+            return self._ek_handle
+        try:
+            certificate, template = create_ek_template(
+                _EK_TEMPLATES[self.ek_kind], NVReadEK(self._ectx)
+            )
+            handle, public, _, _, _ = self._ectx.create_primary(
+                None, template, ESYS_TR.ENDORSEMENT
+            )
+        except TSS2_Exception as exc:
+            raise TpmError(f"creating the {self.ek_kind.upper()} EK failed: {exc}") from None
+        self._ek_handle = handle
+        self._endorsement = Endorsement(
+            self.ek_kind, bytes(certificate) if certificate else None, public.publicArea.marshal()
+        )
+        return handle
+
+    def _ek_policy_session(self) -> Any:
+        """A policy session satisfying the EK's authPolicy, PolicySecret(TPM_RH_ENDORSEMENT)
+        (EK Credential Profile 2.0, B.6)."""
+        session = self._ectx.start_auth_session(
+            tpm_key=ESYS_TR.NONE,
+            bind=ESYS_TR.NONE,
+            session_type=TPM2_SE.POLICY,
+            symmetric=TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+            auth_hash=TPM2_ALG.SHA256,
+        )
+        self._ectx.policy_secret(ESYS_TR.ENDORSEMENT, session)
+        return session
+
+    # --- attestation key -------------------------------------------------------------
+
+    def create_ak(self, algorithm: AkAlgorithm = "ecc") -> AkBlobs:
+        ek = self._load_ek()
+        template = TPM2B_PUBLIC(
+            publicArea=TPMT_PUBLIC.parse(
+                alg=_AK_ALGORITHMS[algorithm], objectAttributes=_AK_ATTRIBUTES, nameAlg="sha256"
+            )
+        )
+        session = self._ek_policy_session()
+        try:
+            private, public, _, _, _ = self._ectx.create(ek, None, template, session1=session)
+        except TSS2_Exception as exc:
+            raise TpmError(f"creating the AK failed: {exc}") from None
+        finally:
+            self._flush(session)
+        return AkBlobs(public.marshal(), private.marshal())
+
+    def _load_ak(self, ak: AkBlobs) -> Any:
+        if self._loaded_ak is not None and self._loaded_ak[0] == ak:
+            return self._loaded_ak[1]
+        if self._loaded_ak is not None:
+            self._flush(self._loaded_ak[1])
+            self._loaded_ak = None
+        ek = self._load_ek()
+        public, _ = TPM2B_PUBLIC.unmarshal(ak.public)
+        private, _ = TPM2B_PRIVATE.unmarshal(ak.private)
+        session = self._ek_policy_session()
+        try:
+            handle = self._ectx.load(ek, private, public, session1=session)
+        except TSS2_Exception as exc:
+            raise TpmError(f"loading the AK under this TPM's EK failed: {exc}") from None
+        finally:
+            self._flush(session)
+        self._loaded_ak = (ak, handle)
+        return handle
+
+    def activate_credential(self, ak: AkBlobs, credential_blob: bytes, encrypted_secret: bytes) -> bytes:
+        """TPM2_ActivateCredential: recover the verifier's secret if `ak` sits beside our EK."""
+        ak_handle = self._load_ak(ak)
+        ek = self._load_ek()
+        session = self._ek_policy_session()
+        try:
+            secret = self._ectx.activate_credential(
+                ak_handle,
+                ek,
+                TPM2B_ID_OBJECT(credential_blob),
+                TPM2B_ENCRYPTED_SECRET(encrypted_secret),
+                session1=ESYS_TR.PASSWORD,
+                session2=session,
+            )
+        except TSS2_Exception as exc:
+            raise TpmError(f"ActivateCredential failed: {exc}") from None
+        finally:
+            self._flush(session)
+        return bytes(secret)
+
+    # --- quotes and PCRs -------------------------------------------------------------
+
+    def quote(self, ak: AkBlobs, selection: PcrSelection, nonce: bytes) -> tuple[bytes, bytes]:
+        """TPM2_Quote: the TPMS_ATTEST and TPMT_SIGNATURE, marshalled."""
+        handle = self._load_ak(ak)
+        try:
+            attest, signature = self._ectx.quote(
+                handle, _pytss_selection(selection), TPM2B_DATA(nonce)
+            )
+        except TSS2_Exception as exc:
+            raise TpmError(f"TPM2_Quote failed: {exc}") from None
+        return attest.marshal()[2:], signature.marshal()
+
+    def read_pcrs(self, selection: PcrSelection) -> dict[HashAlg, dict[int, bytes]]:
+        values: dict[HashAlg, dict[int, bytes]] = {}
+        for bank in selection.banks:
+            alg = HashAlg(bank.hash_alg)
+            values[alg] = {}
+            pcrs = list(bank.pcrs)
+            for start in range(0, len(pcrs), _PCR_READ_BATCH):
+                batch = pcrs[start : start + _PCR_READ_BATCH]
+                spec = f"{alg.bank_name}:{','.join(map(str, batch))}"
+                try:
+                    _, _, digests = self._ectx.pcr_read(TPML_PCR_SELECTION.parse(spec))
+                except TSS2_Exception as exc:
+                    raise TpmError(f"TPM2_PCR_Read {spec} failed: {exc}") from None
+                if len(digests) != len(batch):
+                    raise TpmError(f"TPM2_PCR_Read {spec}: bank not allocated on this TPM")
+                for pcr, digest in zip(batch, digests, strict=True):
+                    values[alg][pcr] = bytes(digest)
+        return values
+
+    def quote_with_pcrs(
+        self, ak: AkBlobs, selection: PcrSelection, nonce: bytes, attempts: int = 3
+    ) -> tuple[bytes, bytes, dict[HashAlg, dict[int, bytes]]]:
+        """Quote and the PCR values it covers.  A PCR may be extended between the read and
+        the quote, so the PCRs are read before and after and the pair retried until both
+        reads agree (then the quote, taken between them, is over those values)."""
+        for _ in range(attempts):
+            before = self.read_pcrs(selection)
+            message, signature = self.quote(ak, selection, nonce)
+            if self.read_pcrs(selection) == before:
+                return message, signature, before
+        raise TpmError(f"PCRs kept changing during {attempts} quote attempts")
+
+    def extend_pcr(self, pcr: int, digests: dict[HashAlg, bytes]) -> None:
+        """TPM2_PCR_Extend (used by the simulator to replay measurements)."""
+        from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA
+
+        values = TPML_DIGEST_VALUES(
+            [TPMT_HA(hashAlg=int(alg), digest=digest) for alg, digest in digests.items()]
+        )
+        try:
+            self._ectx.pcr_extend(ESYS_TR.parse(f"pcr{pcr}"), values)
+        except TSS2_Exception as exc:
+            raise TpmError(f"TPM2_PCR_Extend of PCR {pcr} failed: {exc}") from None
+
+    def _flush(self, handle: Any) -> None:
+        try:
+            self._ectx.flush_context(handle)
+        except TSS2_Exception:  # already gone: nothing to release
+            pass
+
+
+def _pytss_selection(selection: PcrSelection) -> Any:
+    spec = "+".join(
+        f"{HashAlg(bank.hash_alg).bank_name}:{','.join(map(str, bank.pcrs))}"
+        for bank in selection.banks
+    )
+    return TPML_PCR_SELECTION.parse(spec)

@@ -1,0 +1,1 @@
+"""Lightgate: trusted-compute attestation."""

@@ -1,0 +1,118 @@
+"""Typed refusals of evidence.
+
+Every check the verifier makes on evidence has its own exception class, and each class
+names its check in `check` (a stable, kebab-case identifier that results, logs, the CLI
+and the simulator print).  Messages name the node, the PCR and the expected and actual
+values where there are any.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class EvidenceError(Exception):
+    """Evidence was refused.  `check` names the check that refused it."""
+
+    check: ClassVar[str] = "evidence"
+
+    def __init__(self, message: str, *, node_id: str | None = None) -> None:
+        self.node_id = node_id
+        self.message = message
+        super().__init__(message)
+
+    @property
+    def reason(self) -> str:
+        """One line for users: the check, the node (when known) and what was wrong."""
+        node = f" (node {self.node_id})" if self.node_id else ""
+        return f"{self.check}: {self.message}{node}"
+
+    def for_node(self, node_id: str) -> EvidenceError:
+        self.node_id = node_id
+        return self
+
+
+class TpmStructureMalformed(EvidenceError):
+    """A TPM structure could not be parsed: short, oversized or inconsistent."""
+
+    check = "malformed"
+
+    def __init__(self, structure: str, offset: int, detail: str) -> None:
+        self.structure = structure
+        self.offset = offset
+        super().__init__(f"{structure} at byte {offset}: {detail}")
+
+
+class QuoteMagicInvalid(EvidenceError):
+    """TPMS_ATTEST.magic is not TPM_GENERATED_VALUE: the TPM did not produce it."""
+
+    check = "quote-magic"
+
+
+class QuoteTypeInvalid(EvidenceError):
+    """TPMS_ATTEST.type is not TPM_ST_ATTEST_QUOTE."""
+
+    check = "quote-type"
+
+
+class QuoteSignatureInvalid(EvidenceError):
+    """The signature does not verify under the enrolled AK, or its scheme is not the AK's."""
+
+    check = "quote-signature"
+
+
+class NonceUnknown(EvidenceError):
+    """The quote's extraData is not a nonce this verifier issued."""
+
+    check = "nonce-unknown"
+
+
+class NonceMismatch(EvidenceError):
+    """The quote's extraData is not the nonce issued to this node."""
+
+    check = "nonce-mismatch"
+
+
+class NonceReplayed(EvidenceError):
+    """The nonce was already used by an earlier attestation."""
+
+    check = "nonce-replayed"
+
+
+class NonceExpired(EvidenceError):
+    """The nonce's lifetime ended before the evidence arrived."""
+
+    check = "nonce-expired"
+
+
+class PcrSelectionMismatch(EvidenceError):
+    """The quote does not cover the PCRs the verifier asked for, or the values supplied
+    are not exactly the quoted selection."""
+
+    check = "pcr-selection"
+
+
+class PcrDigestMismatch(EvidenceError):
+    """The supplied PCR values do not hash to the quoted pcrDigest."""
+
+    check = "pcr-digest"
+
+
+class ClockRollback(EvidenceError):
+    """TPM clock, resetCount or restartCount went backwards since the last accepted quote."""
+
+    check = "clock-rollback"
+
+
+class ChecksFailed(EvidenceError):
+    """More than one check refused the same evidence; all of them are in `failures`."""
+
+    check = "multiple"
+
+    def __init__(self, failures: list[EvidenceError], *, node_id: str | None = None) -> None:
+        self.failures = tuple(failures)
+        super().__init__("; ".join(f.reason for f in failures), node_id=node_id)
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(f.reason for f in self.failures)
