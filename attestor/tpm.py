@@ -15,6 +15,7 @@ Keys:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from types import TracebackType
@@ -24,7 +25,7 @@ from typing import Any, Literal
 # index) to stderr; the agent reports failures itself.  An operator can still set it.
 os.environ.setdefault("TSS2_LOG", "all+NONE")
 
-from tpm2_pytss import ESAPI  # noqa: E402
+from tpm2_pytss import ESAPI
 from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPMA_OBJECT
 from tpm2_pytss.TSS2_Exception import TSS2_Exception
 from tpm2_pytss.types import (
@@ -98,6 +99,7 @@ class Tpm:
         self._ek_handle: Any = None
         self._endorsement: Endorsement | None = None
         self._loaded_ak: tuple[AkBlobs, Any] | None = None
+        self._closed = False
 
     def close(self) -> None:
         """Flush the transient objects this session loaded, then close it.  Without a
@@ -109,13 +111,18 @@ class Tpm:
         if self._ek_handle is not None:
             self._flush(self._ek_handle)
             self._ek_handle = None
-        self._ectx.close()
+        if not self._closed:
+            self._closed = True
+            self._ectx.close()
 
     def __enter__(self) -> Tpm:
         return self
 
     def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -133,9 +140,7 @@ class Tpm:
             certificate, template = create_ek_template(
                 _EK_TEMPLATES[self.ek_kind], NVReadEK(self._ectx)
             )
-            handle, public, _, _, _ = self._ectx.create_primary(
-                None, template, ESYS_TR.ENDORSEMENT
-            )
+            handle, public, _, _, _ = self._ectx.create_primary(None, template, ESYS_TR.ENDORSEMENT)
         except TSS2_Exception as exc:
             raise TpmError(f"creating the {self.ek_kind.upper()} EK failed: {exc}") from None
         self._ek_handle = handle
@@ -194,7 +199,9 @@ class Tpm:
         self._loaded_ak = (ak, handle)
         return handle
 
-    def activate_credential(self, ak: AkBlobs, credential_blob: bytes, encrypted_secret: bytes) -> bytes:
+    def activate_credential(
+        self, ak: AkBlobs, credential_blob: bytes, encrypted_secret: bytes
+    ) -> bytes:
         """TPM2_ActivateCredential: recover the verifier's secret if `ak` sits beside our EK."""
         ak_handle = self._load_ak(ak)
         ek = self._load_ek()
@@ -272,10 +279,8 @@ class Tpm:
             raise TpmError(f"TPM2_PCR_Extend of PCR {pcr} failed: {exc}") from None
 
     def _flush(self, handle: Any) -> None:
-        try:
+        with contextlib.suppress(TSS2_Exception):  # already gone: nothing to release
             self._ectx.flush_context(handle)
-        except TSS2_Exception:  # already gone: nothing to release
-            pass
 
 
 def _pytss_selection(selection: PcrSelection) -> Any:

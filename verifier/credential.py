@@ -15,14 +15,13 @@ import hmac
 import os
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 try:  # cryptography >= 47 keeps CFB among the "decrepit" modes; the TPM still uses it
     from cryptography.hazmat.decrepit.ciphers.modes import CFB
 except ImportError:  # pragma: no cover - older cryptography
-    from cryptography.hazmat.primitives.ciphers.modes import CFB  # type: ignore[assignment]
+    from cryptography.hazmat.primitives.ciphers.modes import CFB
 
 from verifier.evidence.keys import public_key
 from verifier.evidence.tpm_structures import Alg, HashAlg, PublicArea, tpm2b
@@ -44,7 +43,9 @@ class Credential:
     encrypted_secret: bytes
 
 
-def kdfa(hash_alg: HashAlg, key: bytes, label: str, context_u: bytes, context_v: bytes, bits: int) -> bytes:
+def kdfa(
+    hash_alg: HashAlg, key: bytes, label: str, context_u: bytes, context_v: bytes, bits: int
+) -> bytes:
     """KDFa: SP 800-108 counter mode with HMAC (Part 1, 11.4.10.2)."""
     label_bytes = label.encode() + b"\0"
     out = b""
@@ -52,14 +53,20 @@ def kdfa(hash_alg: HashAlg, key: bytes, label: str, context_u: bytes, context_v:
     while len(out) * 8 < bits:
         out += hmac.new(
             key,
-            counter.to_bytes(4, "big") + label_bytes + context_u + context_v + bits.to_bytes(4, "big"),
+            counter.to_bytes(4, "big")
+            + label_bytes
+            + context_u
+            + context_v
+            + bits.to_bytes(4, "big"),
             hash_alg.name.lower(),
         ).digest()
         counter += 1
     return _truncate(out, bits)
 
 
-def kdfe(hash_alg: HashAlg, z: bytes, label: str, party_u: bytes, party_v: bytes, bits: int) -> bytes:
+def kdfe(
+    hash_alg: HashAlg, z: bytes, label: str, party_u: bytes, party_v: bytes, bits: int
+) -> bytes:
     """KDFe: SP 800-56A concatenation KDF (Part 1, 11.4.10.3)."""
     label_bytes = label.encode() + b"\0"
     out = b""
@@ -73,13 +80,15 @@ def kdfe(hash_alg: HashAlg, z: bytes, label: str, party_u: bytes, party_v: bytes
 
 
 def _truncate(out: bytes, bits: int) -> bytes:
-    out = bytearray(out[: (bits + 7) // 8])
+    truncated = bytearray(out[: (bits + 7) // 8])
     if bits % 8:
-        out[0] &= (1 << (bits % 8)) - 1
-    return bytes(out)
+        truncated[0] &= (1 << (bits % 8)) - 1
+    return bytes(truncated)
 
 
-def make_credential(ek: PublicArea, ak_name: bytes, secret: bytes, *, seed: bytes | None = None) -> Credential:
+def make_credential(
+    ek: PublicArea, ak_name: bytes, secret: bytes, *, seed: bytes | None = None
+) -> Credential:
     """Protect `secret` for the TPM holding `ek`, bound to the object named `ak_name`.
 
     `seed` is for known-answer tests only; leave it None so the seed is random.
@@ -113,15 +122,15 @@ def _rsa_share(ek: PublicArea, name_alg: HashAlg, seed: bytes) -> bytes:
     """RSA-OAEP with label "IDENTITY" (NUL included) under the EK's nameAlg (Part 1, B.10.3)."""
     key = public_key(ek)
     assert isinstance(key, rsa.RSAPublicKey)
-    hash_cls = {HashAlg.SHA1: hashes.SHA1, HashAlg.SHA256: hashes.SHA256,
-                HashAlg.SHA384: hashes.SHA384, HashAlg.SHA512: hashes.SHA512}[name_alg]  # fmt: skip
+    digest = name_alg.crypto()
     return key.encrypt(
-        seed, padding.OAEP(mgf=padding.MGF1(hash_cls()), algorithm=hash_cls(), label=b"IDENTITY\0")
+        seed, padding.OAEP(mgf=padding.MGF1(digest), algorithm=digest, label=b"IDENTITY\0")
     )
 
 
 def _ecc_share(ek: PublicArea, name_alg: HashAlg, seed_bits: int) -> tuple[bytes, bytes]:
-    """One-pass ECDH with an ephemeral key, seed = KDFe(Z, "IDENTITY", Qe.x, Qs.x) (Part 1, C.6.1)."""
+    """One-pass ECDH with an ephemeral key; seed = KDFe(Z, "IDENTITY", Qe.x, Qs.x)
+    (Part 1, C.6.1)."""
     key = public_key(ek)
     assert isinstance(key, ec.EllipticCurvePublicKey)
     ephemeral = ec.generate_private_key(key.curve)

@@ -25,7 +25,11 @@ _CURVES: dict[int, type[ec.EllipticCurve]] = {
     EccCurve.NIST_P384: ec.SECP384R1,
     EccCurve.NIST_P521: ec.SECP521R1,
 }
-_CURVE_IDS = {cls.name: curve_id for curve_id, cls in _CURVES.items()}
+_CURVE_IDS = {
+    "secp256r1": EccCurve.NIST_P256,
+    "secp384r1": EccCurve.NIST_P384,
+    "secp521r1": EccCurve.NIST_P521,
+}
 
 
 def public_key(public: PublicArea) -> PublicKey:
@@ -33,10 +37,14 @@ def public_key(public: PublicArea) -> PublicKey:
     if public.type == Alg.RSA:
         if not public.modulus:
             raise TpmStructureMalformed("TPMT_PUBLIC", 0, "RSA key with an empty modulus")
-        return rsa.RSAPublicNumbers(public.exponent, int.from_bytes(public.modulus, "big")).public_key()
+        return rsa.RSAPublicNumbers(
+            public.exponent, int.from_bytes(public.modulus, "big")
+        ).public_key()
     curve = _CURVES.get(public.curve)
     if curve is None:
-        raise TpmStructureMalformed("TPMT_PUBLIC", 0, f"ECC curve 0x{public.curve:04x} is not supported")
+        raise TpmStructureMalformed(
+            "TPMT_PUBLIC", 0, f"ECC curve 0x{public.curve:04x} is not supported"
+        )
     try:
         return ec.EllipticCurvePublicNumbers(
             int.from_bytes(public.x, "big"), int.from_bytes(public.y, "big"), curve()
@@ -50,18 +58,34 @@ def public_area_from_key(key: PublicKey) -> PublicArea:
     if isinstance(key, rsa.RSAPublicKey):
         numbers = key.public_numbers()
         return PublicArea(
-            raw=b"", type=Alg.RSA, name_alg=HashAlg.SHA256, object_attributes=0, auth_policy=b"",
-            symmetric=SymDef(Alg.NULL), scheme=Alg.NULL, scheme_hash=0, key_bits=key.key_size,
-            exponent=numbers.e, modulus=numbers.n.to_bytes((key.key_size + 7) // 8, "big"),
-        )  # fmt: skip
+            raw=b"",
+            type=Alg.RSA,
+            name_alg=HashAlg.SHA256,
+            object_attributes=0,
+            auth_policy=b"",
+            symmetric=SymDef(Alg.NULL),
+            scheme=Alg.NULL,
+            scheme_hash=0,
+            key_bits=key.key_size,
+            exponent=numbers.e,
+            modulus=numbers.n.to_bytes((key.key_size + 7) // 8, "big"),
+        )
     size = (key.curve.key_size + 7) // 8
     point = key.public_numbers()
     return PublicArea(
-        raw=b"", type=Alg.ECC, name_alg=HashAlg.SHA256, object_attributes=0, auth_policy=b"",
-        symmetric=SymDef(Alg.NULL), scheme=Alg.NULL, scheme_hash=0,
-        curve=_CURVE_IDS[key.curve.name], kdf=Alg.NULL,
-        x=point.x.to_bytes(size, "big"), y=point.y.to_bytes(size, "big"),
-    )  # fmt: skip
+        raw=b"",
+        type=Alg.ECC,
+        name_alg=HashAlg.SHA256,
+        object_attributes=0,
+        auth_policy=b"",
+        symmetric=SymDef(Alg.NULL),
+        scheme=Alg.NULL,
+        scheme_hash=0,
+        curve=_CURVE_IDS[key.curve.name],
+        kdf=Alg.NULL,
+        x=point.x.to_bytes(size, "big"),
+        y=point.y.to_bytes(size, "big"),
+    )
 
 
 @dataclass(frozen=True)
@@ -129,7 +153,10 @@ def ak_problems(public: PublicArea) -> list[str]:
         problems.append(f"RSA key of {public.key_bits} bits (at least 2048)")
     if public.type == Alg.ECC and public.curve not in _CURVES:
         problems.append(f"ECC curve 0x{public.curve:04x} is not supported")
-    allowed = {Alg.RSA: (Alg.RSASSA, Alg.RSAPSS), Alg.ECC: (Alg.ECDSA,)}
+    allowed: dict[int, tuple[int, ...]] = {
+        Alg.RSA: (Alg.RSASSA, Alg.RSAPSS),
+        Alg.ECC: (Alg.ECDSA,),
+    }
     if public.scheme not in allowed.get(public.type, ()):
         problems.append(f"signing scheme 0x{public.scheme:04x} is not RSASSA, RSAPSS or ECDSA")
     return problems

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
@@ -59,13 +58,6 @@ from verifier.evidence.tpm_structures import (
     parse_attest,
     parse_signature,
 )
-
-_CRYPTO_HASHES: dict[int, type[hashes.HashAlgorithm]] = {
-    HashAlg.SHA1: hashes.SHA1,
-    HashAlg.SHA256: hashes.SHA256,
-    HashAlg.SHA384: hashes.SHA384,
-    HashAlg.SHA512: hashes.SHA512,
-}
 
 
 @dataclass(frozen=True)
@@ -116,10 +108,14 @@ def _pcr_digest(bank: HashAlg, index: object, value: object) -> bytes:
     try:
         digest = bytes.fromhex(str(value))
     except ValueError:
-        raise TpmStructureMalformed("PCR values", 0, f"{bank.bank_name}:{index} is not hex") from None
+        raise TpmStructureMalformed(
+            "PCR values", 0, f"{bank.bank_name}:{index} is not hex"
+        ) from None
     if len(digest) != bank.digest_size:
         raise TpmStructureMalformed(
-            "PCR values", 0, f"{bank.bank_name}:{index} has {len(digest)} bytes, not {bank.digest_size}"
+            "PCR values",
+            0,
+            f"{bank.bank_name}:{index} has {len(digest)} bytes, not {bank.digest_size}",
         )
     return digest
 
@@ -176,12 +172,35 @@ class VerifiedQuote:
         return self.attest.clock_info
 
 
+@dataclass(frozen=True)
+class AuthenticatedQuote:
+    """A quote whose signature verified under the node's AK (check 1).  Only
+    `authenticate_quote` makes one; the remaining checks take only this type."""
+
+    node_id: str
+    quote: Quote
+
+
+def authenticate_quote(ak: AttestationKey, quote: Quote, node_id: str) -> AuthenticatedQuote:
+    check_signature(ak, quote.attest.raw, quote.signature, node_id=node_id)
+    return AuthenticatedQuote(node_id, quote)
+
+
 def verify_quote(
     ak: AttestationKey, quote: Quote, pcr_values: PcrValues, expect: QuoteExpectations
 ) -> VerifiedQuote:
     """Run every check; return a VerifiedQuote or raise the typed refusal(s)."""
+    return verify_authenticated_quote(
+        authenticate_quote(ak, quote, expect.node_id), pcr_values, expect
+    )
+
+
+def verify_authenticated_quote(
+    authenticated: AuthenticatedQuote, pcr_values: PcrValues, expect: QuoteExpectations
+) -> VerifiedQuote:
+    """Checks 2-6 on a quote whose signature already holds; every failure is reported."""
     node = expect.node_id
-    check_signature(ak, quote.attest.raw, quote.signature, node_id=node)
+    quote = authenticated.quote
     failures: list[EvidenceError] = []
     rebooted = False
     quote_info: QuoteInfo | None = None
@@ -195,7 +214,9 @@ def verify_quote(
         failures.append(exc)
     if quote_info is not None:
         try:
-            check_pcr_selection(quote_info.pcr_selection, expect.required_selection, pcr_values, node)
+            check_pcr_selection(
+                quote_info.pcr_selection, expect.required_selection, pcr_values, node
+            )
             check_pcr_digest(quote_info, quote.signature.hash_alg, pcr_values, node_id=node)
         except EvidenceError as exc:
             failures.append(exc)
@@ -207,7 +228,9 @@ def verify_quote(
         raise failures[0]
     if failures:
         raise ChecksFailed(failures, node_id=node)
-    return VerifiedQuote(node, quote.attest, pcr_values, HashAlg(quote.signature.hash_alg), rebooted)
+    return VerifiedQuote(
+        node, quote.attest, pcr_values, HashAlg(quote.signature.hash_alg), rebooted
+    )
 
 
 def check_signature(
@@ -223,32 +246,34 @@ def check_signature(
             f"0x{public.scheme:04x}/0x{public.scheme_hash:04x}",
             node_id=node_id,
         )
-    hash_cls = _CRYPTO_HASHES.get(signature.hash_alg)
-    if hash_cls is None:
+    if signature.hash_alg not in (HashAlg.SHA1, HashAlg.SHA256, HashAlg.SHA384, HashAlg.SHA512):
         raise QuoteSignatureInvalid(
             f"signature hash 0x{signature.hash_alg:04x} is not supported", node_id=node_id
         )
     key = ak.key
+    digest = HashAlg(signature.hash_alg).crypto()
     try:
         if signature.sig_alg == Alg.ECDSA and isinstance(key, ec.EllipticCurvePublicKey):
             der = encode_dss_signature(
                 int.from_bytes(signature.ecdsa_r, "big"), int.from_bytes(signature.ecdsa_s, "big")
             )
-            key.verify(der, message, ec.ECDSA(hash_cls()))
+            key.verify(der, message, ec.ECDSA(digest))
         elif signature.sig_alg == Alg.RSASSA and isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature.rsa_signature, message, padding.PKCS1v15(), hash_cls())
+            key.verify(signature.rsa_signature, message, padding.PKCS1v15(), digest)
         elif signature.sig_alg == Alg.RSAPSS and isinstance(key, rsa.RSAPublicKey):
             # TPMs choose the salt length (the digest size, or the largest the key
             # allows, by implementation); the verifier reads it from the signature.
-            pss = padding.PSS(mgf=padding.MGF1(hash_cls()), salt_length=padding.PSS.AUTO)
-            key.verify(signature.rsa_signature, message, pss, hash_cls())
+            pss = padding.PSS(mgf=padding.MGF1(digest), salt_length=padding.PSS.AUTO)
+            key.verify(signature.rsa_signature, message, pss, digest)
         else:
             raise QuoteSignatureInvalid(
                 f"signature algorithm 0x{signature.sig_alg:04x} does not fit the AK's key type",
                 node_id=node_id,
             )
     except InvalidSignature:
-        raise QuoteSignatureInvalid("signature does not verify under the AK", node_id=node_id) from None
+        raise QuoteSignatureInvalid(
+            "signature does not verify under the AK", node_id=node_id
+        ) from None
 
 
 def check_magic_and_type(
@@ -259,15 +284,19 @@ def check_magic_and_type(
             f"magic 0x{attest.magic:08x}, expected 0x{TPM_GENERATED_VALUE:08x}", node_id=node_id
         )
     if attest.type != expected or attest.quote is None:
-        raise QuoteTypeInvalid(f"type 0x{attest.type:04x}, expected 0x{expected:04x}", node_id=node_id)
+        raise QuoteTypeInvalid(
+            f"type 0x{attest.type:04x}, expected 0x{expected:04x}", node_id=node_id
+        )
     return attest.quote
 
 
 def check_nonce(record: NonceRecord | None, extra_data: bytes, node_id: str, now: datetime) -> None:
     """extraData must be a nonce issued to this node, unused and unexpired."""
     if record is None or not hmac.compare_digest(record.value, extra_data):
-        raise NonceUnknown(f"extraData {extra_data.hex() or '(empty)'} was not issued by this verifier",
-                           node_id=node_id)  # fmt: skip
+        raise NonceUnknown(
+            f"extraData {extra_data.hex() or '(empty)'} was not issued by this verifier",
+            node_id=node_id,
+        )
     if record.node_id != node_id:
         raise NonceMismatch(
             f"nonce {extra_data.hex()} was issued to node {record.node_id}", node_id=node_id
@@ -314,7 +343,9 @@ def check_pcr_digest(
     try:
         digest_alg = HashAlg(hash_alg)
     except ValueError:
-        raise PcrDigestMismatch(f"hash 0x{hash_alg:04x} is not supported", node_id=node_id) from None
+        raise PcrDigestMismatch(
+            f"hash 0x{hash_alg:04x} is not supported", node_id=node_id
+        ) from None
     parts = []
     for bank in quote_info.pcr_selection.banks:
         values = pcr_values.banks.get(HashAlg(bank.hash_alg), {})
@@ -327,7 +358,8 @@ def check_pcr_digest(
     actual = digest_alg.digest(b"".join(parts))
     if not hmac.compare_digest(actual, quote_info.pcr_digest):
         raise PcrDigestMismatch(
-            f"PCR values hash to {actual.hex()}, quote's pcrDigest is {quote_info.pcr_digest.hex()}",
+            f"PCR values hash to {actual.hex()}, "
+            f"quote's pcrDigest is {quote_info.pcr_digest.hex()}",
             node_id=node_id,
         )
 
@@ -344,7 +376,8 @@ def check_clock(previous: ClockInfo | None, current: ClockInfo, node_id: str) ->
         return False
     if current.reset_count < previous.reset_count:
         raise ClockRollback(
-            f"resetCount {current.reset_count} < last accepted {previous.reset_count}", node_id=node_id
+            f"resetCount {current.reset_count} < last accepted {previous.reset_count}",
+            node_id=node_id,
         )
     if current.reset_count > previous.reset_count:
         return True
@@ -358,3 +391,17 @@ def check_clock(previous: ClockInfo | None, current: ClockInfo, node_id: str) ->
             f"clock {current.clock} ms < last accepted {previous.clock} ms", node_id=node_id
         )
     return False
+
+
+def verify_quote_offline(
+    ak: AttestationKey, quote: Quote, pcr_values: PcrValues, nonce: bytes
+) -> QuoteInfo:
+    """The checks `tpm2_checkquote` makes, for `attest quote verify`: signature, magic
+    and type, qualifying data equal to `nonce`, the PCR values cover exactly the quoted
+    selection and hash to pcrDigest.  No verifier state (nonce use, counters)."""
+    check_signature(ak, quote.attest.raw, quote.signature)
+    quote_info = check_magic_and_type(quote.attest)
+    check_nonce_value(nonce, quote.attest.extra_data)
+    check_pcr_selection(quote_info.pcr_selection, PcrSelection(()), pcr_values)
+    check_pcr_digest(quote_info, quote.signature.hash_alg, pcr_values)
+    return quote_info

@@ -18,6 +18,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
+from cryptography.hazmat.primitives import hashes
+
 from verifier.evidence.errors import TpmStructureMalformed
 
 TPM_GENERATED_VALUE = 0xFF544347  # Part 2, 6.2: "TCG" in every TPM-generated TPMS_ATTEST
@@ -84,12 +86,23 @@ class HashAlg(IntEnum):
         except KeyError:
             raise ValueError(f"unknown hash algorithm {name!r}") from None
 
+    def crypto(self) -> hashes.HashAlgorithm:
+        """The pyca/cryptography hash object (for signatures, OAEP)."""
+        return _CRYPTO_HASHES[self]()
+
     def digest(self, data: bytes) -> bytes:
         if self is HashAlg.SM3_256:
             return hashlib.new("sm3", data).digest()
         return hashlib.new(self.name.lower(), data).digest()
 
 
+_CRYPTO_HASHES: dict[HashAlg, type[hashes.HashAlgorithm]] = {
+    HashAlg.SHA1: hashes.SHA1,
+    HashAlg.SHA256: hashes.SHA256,
+    HashAlg.SHA384: hashes.SHA384,
+    HashAlg.SHA512: hashes.SHA512,
+    HashAlg.SM3_256: hashes.SM3,
+}
 _DIGEST_SIZES = {
     HashAlg.SHA1: 20,
     HashAlg.SHA256: 32,
@@ -204,7 +217,9 @@ class PcrSelection:
     banks: tuple[PcrBankSelection, ...]
 
     @classmethod
-    def of(cls, selection: dict[HashAlg, list[int]] | dict[HashAlg, tuple[int, ...]]) -> PcrSelection:
+    def of(
+        cls, selection: dict[HashAlg, list[int]] | dict[HashAlg, tuple[int, ...]]
+    ) -> PcrSelection:
         return cls(
             tuple(
                 PcrBankSelection(int(alg), tuple(sorted(set(pcrs))))
@@ -314,9 +329,12 @@ def parse_attest(buf: bytes) -> Attest:
     """Parse a TPMS_ATTEST; a TPM2B_ATTEST (size-prefixed) is accepted too."""
     if len(buf) > MAX_ATTEST_BYTES + 2:
         raise TpmStructureMalformed("TPMS_ATTEST", 0, f"{len(buf)} bytes is too long")
-    if len(buf) >= 6 and int.from_bytes(buf[2:6], "big") == TPM_GENERATED_VALUE:
-        if int.from_bytes(buf[:2], "big") == len(buf) - 2:
-            buf = buf[2:]
+    if (
+        len(buf) >= 6
+        and int.from_bytes(buf[2:6], "big") == TPM_GENERATED_VALUE
+        and int.from_bytes(buf[:2], "big") == len(buf) - 2
+    ):
+        buf = buf[2:]
     reader = Reader(buf, "TPMS_ATTEST")
     magic = reader.u32("magic")
     attest_type = reader.u16("type")
@@ -474,11 +492,14 @@ def parse_public(buf: bytes) -> PublicArea:
     """Parse a TPMT_PUBLIC; a TPM2B_PUBLIC (size-prefixed) is accepted too."""
     if len(buf) > MAX_PUBLIC_BYTES:
         raise TpmStructureMalformed("TPMT_PUBLIC", 0, f"{len(buf)} bytes is too long")
-    if len(buf) >= 2 and int.from_bytes(buf[:2], "big") == len(buf) - 2:
-        # TPMT_PUBLIC starts with its type (RSA 0x0001 or ECC 0x0023); a size prefix
-        # equal to the remaining length marks a TPM2B_PUBLIC.
-        if int.from_bytes(buf[2:4], "big") in (Alg.RSA, Alg.ECC):
-            buf = buf[2:]
+    # TPMT_PUBLIC starts with its type (RSA 0x0001 or ECC 0x0023); a size prefix equal
+    # to the remaining length, followed by such a type, marks a TPM2B_PUBLIC.
+    if (
+        len(buf) >= 4
+        and int.from_bytes(buf[:2], "big") == len(buf) - 2
+        and int.from_bytes(buf[2:4], "big") in (Alg.RSA, Alg.ECC)
+    ):
+        buf = buf[2:]
     reader = Reader(buf, "TPMT_PUBLIC")
     key_type = reader.u16("type")
     name_alg = reader.u16("nameAlg")
@@ -499,9 +520,18 @@ def parse_public(buf: bytes) -> PublicArea:
         modulus = reader.tpm2b("unique.rsa", 512)
         reader.end()
         return PublicArea(
-            buf, key_type, name_alg, attributes, auth_policy, symmetric, scheme, scheme_hash,
-            key_bits=key_bits, exponent=exponent, modulus=modulus,
-        )  # fmt: skip
+            buf,
+            key_type,
+            name_alg,
+            attributes,
+            auth_policy,
+            symmetric,
+            scheme,
+            scheme_hash,
+            key_bits=key_bits,
+            exponent=exponent,
+            modulus=modulus,
+        )
     if key_type == Alg.ECC:
         curve = reader.u16("curveID")
         kdf = reader.u16("kdf.scheme")
@@ -511,9 +541,19 @@ def parse_public(buf: bytes) -> PublicArea:
         y = reader.tpm2b("unique.ecc.y", 66)
         reader.end()
         return PublicArea(
-            buf, key_type, name_alg, attributes, auth_policy, symmetric, scheme, scheme_hash,
-            curve=curve, kdf=kdf, x=x, y=y,
-        )  # fmt: skip
+            buf,
+            key_type,
+            name_alg,
+            attributes,
+            auth_policy,
+            symmetric,
+            scheme,
+            scheme_hash,
+            curve=curve,
+            kdf=kdf,
+            x=x,
+            y=y,
+        )
     raise TpmStructureMalformed("TPMT_PUBLIC", 0, f"type 0x{key_type:04x} is not RSA or ECC")
 
 

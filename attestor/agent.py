@@ -1,0 +1,241 @@
+"""The attestation agent: enroll once, then attest every interval, for as long as it runs.
+
+State (in `state_dir`, mode 0700): `ak.pub` / `ak.priv` (TPM2B_PUBLIC / TPM2B_PRIVATE,
+the private part wrapped by this TPM's EK and useless elsewhere) and `node.json` (node
+id, whether the verifier activated this AK).  Restarts reuse them.
+
+Verifier outages are expected: every failure to reach it backs off exponentially with
+jitter and the loop resumes by itself; a verifier that forgot the node (NOT_FOUND,
+FAILED_PRECONDITION) makes the agent enroll again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from attestor.tpm import AkBlobs, Tpm, TpmError
+from lightgate import sdnotify
+from lightgate.config import AgentConfig
+from lightgate.wire import convert
+from lightgate.wire.v1 import attestation_pb2 as pb
+from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
+from verifier.evidence.quote import PcrValues
+
+log = logging.getLogger("lightgate.agent")
+
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.ABORTED,
+}
+FORGOTTEN = {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random, capped."""
+    ceiling = min(maximum, initial * float(2 ** min(attempt, 32)))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+@dataclass
+class AgentState:
+    node_id: str
+    enrolled: bool = False
+
+
+class StateDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def load_ak(self) -> AkBlobs | None:
+        pub, priv = self.path / "ak.pub", self.path / "ak.priv"
+        if not (pub.exists() and priv.exists()):
+            return None
+        return AkBlobs(pub.read_bytes(), priv.read_bytes())
+
+    def save_ak(self, ak: AkBlobs) -> None:
+        _write_atomic(self.path / "ak.pub", ak.public)
+        _write_atomic(self.path / "ak.priv", ak.private)
+
+    def load_state(self, default_node_id: str) -> AgentState:
+        path = self.path / "node.json"
+        if not path.exists():
+            return AgentState(default_node_id)
+        document = json.loads(path.read_text())
+        return AgentState(str(document["node_id"]), bool(document.get("enrolled", False)))
+
+    def save_state(self, state: AgentState) -> None:
+        document = {"node_id": state.node_id, "enrolled": state.enrolled}
+        _write_atomic(self.path / "node.json", json.dumps(document, indent=2).encode())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+
+
+def open_channel(config: AgentConfig) -> grpc.Channel:
+    if config.tls_ca is None:
+        return grpc.insecure_channel(config.verifier)
+    credentials = grpc.ssl_channel_credentials(root_certificates=config.tls_ca.read_bytes())
+    options = []
+    if config.tls_server_name:
+        options.append(("grpc.ssl_target_name_override", config.tls_server_name))
+    return grpc.secure_channel(config.verifier, credentials, options=options)
+
+
+class Agent:
+    """One node's agent over one TPM and one verifier channel."""
+
+    def __init__(self, config: AgentConfig, tpm: Tpm, stub: pb_grpc.AttestationStub) -> None:
+        self.config = config
+        self.tpm = tpm
+        self.stub = stub
+        self.state_dir = StateDir(config.state_dir)
+        self.state = self.state_dir.load_state(config.node_id)
+        self._ak: AkBlobs | None = None
+
+    @property
+    def node_id(self) -> str:
+        return self.state.node_id
+
+    @property
+    def ak(self) -> AkBlobs:
+        """The persisted AK, created (and saved) on first use."""
+        if self._ak is None:
+            self._ak = self.state_dir.load_ak()
+        if self._ak is None:
+            self._ak = self.tpm.create_ak(self.config.ak_algorithm)
+            self.state_dir.save_ak(self._ak)
+            log.info(
+                "created AK",
+                extra={"fields": {"node": self.node_id, "algorithm": self.config.ak_algorithm}},
+            )
+        return self._ak
+
+    def enroll_request(self) -> pb.EnrollRequest:
+        endorsement = self.tpm.endorsement()
+        return pb.EnrollRequest(
+            node_id=self.node_id,
+            ek_certificate=endorsement.certificate or b"",
+            ek_public=endorsement.public,
+            ak_public=self.ak.tpmt_public,
+            join_token=self.config.join_token or "",
+        )
+
+    def enroll(self) -> None:
+        """Enroll and activate; afterwards the verifier trusts quotes by this AK."""
+        timeout = self.config.rpc_timeout_seconds
+        challenge = self.stub.Enroll(self.enroll_request(), timeout=timeout)
+        secret = self.tpm.activate_credential(
+            self.ak, challenge.credential_blob, challenge.encrypted_secret
+        )
+        self.stub.ActivateCredential(
+            pb.ActivateCredentialRequest(node_id=self.node_id, secret=secret), timeout=timeout
+        )
+        self.state.enrolled = True
+        self.state_dir.save_state(self.state)
+        log.info("enrolled", extra={"fields": {"node": self.node_id}})
+
+    def challenge(self) -> pb.ChallengeResponse:
+        response: pb.ChallengeResponse = self.stub.Challenge(
+            pb.ChallengeRequest(node_id=self.node_id), timeout=self.config.rpc_timeout_seconds
+        )
+        return response
+
+    def collect(self, challenge: pb.ChallengeResponse) -> pb.AttestRequest:
+        """Evidence for one challenge: a quote over its nonce and the PCRs it covers."""
+        selection = convert.selection_from_wire(list(challenge.pcr_selection))
+        message, signature, pcrs = self.tpm.quote_with_pcrs(self.ak, selection, challenge.nonce)
+        return pb.AttestRequest(
+            node_id=self.node_id,
+            quote_message=message,
+            quote_signature=signature,
+            pcr_values=convert.pcr_values_to_wire(PcrValues(pcrs)),
+        )
+
+    def submit(self, request: pb.AttestRequest) -> pb.AttestResponse:
+        response: pb.AttestResponse = self.stub.Attest(
+            request, timeout=self.config.rpc_timeout_seconds
+        )
+        return response
+
+    def attest_once(self) -> pb.AttestResponse:
+        response = self.submit(self.collect(self.challenge()))
+        status = convert.STATUS_FROM_WIRE.get(response.status, "none")
+        fields = {"node": self.node_id, "status": status, "result_id": response.result_id}
+        if response.failed_checks:
+            fields["checks"] = list(response.failed_checks)
+            fields["reason"] = response.reason
+        log.info("attested", extra={"fields": fields})
+        return response
+
+    def run(self, stop: threading.Event, rng: random.Random | None = None) -> None:
+        """Enroll if needed, then attest every interval until `stop` is set."""
+        rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+        failures = 0
+        while not stop.is_set():
+            try:
+                if not self.state.enrolled:
+                    self.enroll()
+                response = self.attest_once()
+                failures = 0
+                sdnotify.notify(
+                    f"STATUS=last attestation: {convert.STATUS_FROM_WIRE.get(response.status)}"
+                )
+                stop.wait(self.config.interval_seconds)
+                continue
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code in FORGOTTEN and self.state.enrolled:
+                    log.warning(
+                        "verifier does not know this node; enrolling again",
+                        extra={"fields": {"node": self.node_id, "code": code.name}},
+                    )
+                    self.state.enrolled = False
+                    self.state_dir.save_state(self.state)
+                    continue
+                detail = exc.details() if hasattr(exc, "details") else str(exc)
+                level = logging.WARNING if code in RETRYABLE else logging.ERROR
+                log.log(
+                    level,
+                    "verifier call failed",
+                    extra={"fields": {"node": self.node_id, "code": code.name, "detail": detail}},
+                )
+            except TpmError as exc:
+                log.error(
+                    "TPM command failed",
+                    extra={"fields": {"node": self.node_id, "detail": str(exc)}},
+                )
+            delay = backoff_delay(
+                failures, self.config.backoff_initial_seconds, self.config.backoff_max_seconds, rng
+            )
+            failures += 1
+            sdnotify.notify(f"STATUS=retrying in {delay:.1f}s")
+            stop.wait(delay)
+
+
+def run_agent(config: AgentConfig, stop: threading.Event) -> None:
+    """The `attest agent run` process: open the TPM and the channel, then loop."""
+    with Tpm(config.tcti, config.ek_kind) as tpm, open_channel(config) as channel:
+        agent = Agent(config, tpm, pb_grpc.AttestationStub(channel))
+        sdnotify.notify("READY=1")
+        agent.run(stop)
+        sdnotify.notify("STOPPING=1")

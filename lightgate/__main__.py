@@ -1,0 +1,5 @@
+"""`python -m lightgate` is `attest`."""
+
+from lightgate.cli import main
+
+main()

@@ -1,0 +1,348 @@
+"""The `attest` command.  Thin: it parses, reads files, calls, prints.
+
+Errors are one line starting with `error:` and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lightgate import logs
+from lightgate.config import AgentConfig, ConfigError, VerifierConfig, load_config
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Lightgate trusted-compute attestation."
+)
+verifier_app = typer.Typer(no_args_is_help=True, help="The central verifier service.")
+agent_app = typer.Typer(no_args_is_help=True, help="The node agent.")
+sim_app = typer.Typer(no_args_is_help=True, help="A fleet of software-TPM nodes on this machine.")
+quote_app = typer.Typer(no_args_is_help=True, help="TPM quotes, offline.")
+node_app = typer.Typer(no_args_is_help=True, help="Enrolled nodes.")
+for sub, name in (
+    (verifier_app, "verifier"),
+    (agent_app, "agent"),
+    (sim_app, "sim"),
+    (quote_app, "quote"),
+    (node_app, "node"),
+):
+    app.add_typer(sub, name=name)
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML configuration file.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one `error:` line."""
+
+
+def _fail(message: str) -> NoReturn:
+    raise CliError(message)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+# --- verifier -------------------------------------------------------------------------
+
+
+@verifier_app.command("serve")
+def verifier_serve(config: ConfigOption = None, log_level: str = "INFO") -> None:
+    """Serve the gRPC Attestation API until SIGTERM or Ctrl-C."""
+    from verifier.server import start_verifier
+
+    logs.configure(log_level)
+    settings = load_config(VerifierConfig, config)
+    stop = _stop_on_signals()
+    running = start_verifier(settings)
+    try:
+        stop.wait()
+    finally:
+        running.stop(grace=2.0)
+
+
+# --- agent ----------------------------------------------------------------------------
+
+
+@agent_app.command("run")
+def agent_run(config: ConfigOption = None, log_level: str = "INFO") -> None:
+    """Enroll this node's TPM, then attest every interval until SIGTERM or Ctrl-C."""
+    from attestor.agent import run_agent
+
+    logs.configure(log_level)
+    settings = load_config(AgentConfig, config)
+    run_agent(settings, _stop_on_signals())
+
+
+# --- nodes ----------------------------------------------------------------------------
+
+
+@node_app.command("join-token")
+def node_join_token(
+    config: ConfigOption = None,
+    ttl_hours: Annotated[float, typer.Option(help="Hours the token stays valid.")] = 24.0,
+    note: Annotated[str, typer.Option(help="Who or what the token is for.")] = "",
+) -> None:
+    """Create a one-time join token (enrollment mode `join-token`)."""
+    from verifier.server import load_trust_store
+    from verifier.service import Verifier
+    from verifier.store import Store
+
+    settings = load_config(VerifierConfig, config)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    store = Store.open(settings.database())
+    try:
+        token = Verifier(store, settings, load_trust_store(settings)).create_join_token(
+            timedelta(hours=ttl_hours), note
+        )
+    finally:
+        store.close()
+    out.print(token, highlight=False)
+
+
+@node_app.command("list")
+def node_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Nodes the verifier knows, with their last attestation."""
+    from verifier.store import Store
+
+    settings = load_config(VerifierConfig, config)
+    store = Store.open(settings.database())
+    try:
+        nodes = store.list_nodes()
+    finally:
+        store.close()
+    rows = [
+        {
+            "node": n.node_id,
+            "state": n.state,
+            "ek": n.ek_fingerprint,
+            "last_status": n.last_status,
+            "last_attested_at": n.last_attested_at.isoformat() if n.last_attested_at else None,
+            "reboots": n.reboots,
+        }
+        for n in nodes
+    ]
+    if as_json:
+        out.print_json(json.dumps({"nodes": rows}))
+        return
+    table = Table("node", "state", "EK (sha256)", "last status", "last attested", "reboots")
+    for row in rows:
+        table.add_row(
+            str(row["node"]),
+            str(row["state"]),
+            str(row["ek"])[:16] + "…",
+            str(row["last_status"] or "-"),
+            str(row["last_attested_at"] or "-"),
+            str(row["reboots"]),
+        )
+    out.print(table)
+
+
+# --- quotes ---------------------------------------------------------------------------
+
+
+@quote_app.command("verify")
+def quote_verify(
+    ak: Annotated[Path, typer.Option(help="AK public area: TPMT_PUBLIC, TPM2B_PUBLIC or PEM.")],
+    message: Annotated[Path, typer.Option(help="Quote message: TPMS_ATTEST or TPM2B_ATTEST.")],
+    signature: Annotated[Path, typer.Option(help="Quote signature: TPMT_SIGNATURE.")],
+    pcrs: Annotated[Path, typer.Option(help='PCR values JSON: {"sha256": {"0": "<hex>"}}.')],
+    nonce: Annotated[
+        str, typer.Option(help="Expected nonce (qualifying data), hex; empty for none.")
+    ] = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Check a quote offline, like tpm2_checkquote: exit 0 only when every check holds."""
+    report = _check_quote_files(ak, message, signature, pcrs, nonce)
+    if as_json:
+        out.print_json(json.dumps(report))
+    else:
+        out.print(
+            f"ok: quote verified ({report['signature']}, clock {report['clock']['clock']} ms, "
+            f"resetCount {report['clock']['reset_count']}, PCRs {report['pcr_selection']})",
+            highlight=False,
+        )
+
+
+def _check_quote_files(
+    ak: Path, message: Path, signature: Path, pcrs: Path, nonce: str
+) -> dict[str, Any]:
+    from verifier.evidence.keys import AttestationKey
+    from verifier.evidence.quote import PcrValues, Quote, verify_quote_offline
+
+    try:
+        expected_nonce = bytes.fromhex(nonce)
+    except ValueError:
+        _fail(f"--nonce {nonce!r} is not hex")
+    try:
+        pcr_document = json.loads(pcrs.read_text())
+    except json.JSONDecodeError as exc:
+        _fail(f"{pcrs}: not JSON ({exc})")
+    key = AttestationKey.from_bytes(ak.read_bytes())
+    quote = Quote.parse(message.read_bytes(), signature.read_bytes())
+    quote_info = verify_quote_offline(key, quote, PcrValues.from_json(pcr_document), expected_nonce)
+    clock = quote.attest.clock_info
+    return {
+        "verified": True,
+        "signature": f"sigAlg 0x{quote.signature.sig_alg:04x} "
+        f"hash 0x{quote.signature.hash_alg:04x}",
+        "nonce": quote.attest.extra_data.hex(),
+        "pcr_selection": quote_info.pcr_selection.as_dict(),
+        "pcr_digest": quote_info.pcr_digest.hex(),
+        "clock": {
+            "clock": clock.clock,
+            "reset_count": clock.reset_count,
+            "restart_count": clock.restart_count,
+            "safe": clock.safe,
+        },
+        "firmware_version": f"{quote.attest.firmware_version:016x}",
+    }
+
+
+# --- simulator ------------------------------------------------------------------------
+
+
+def _run_sim(plan: list[str], as_json: bool, workdir: Path | None) -> None:
+    from lightgate.sim.fleet import run_fleet
+
+    if as_json:
+        results = run_fleet(plan, workdir=workdir)
+        document = {
+            "nodes": [
+                {"node": r.node, "scenario": r.scenario, "status": r.status, "reason": r.reason}
+                for r in results
+            ]
+        }
+        out.print_json(json.dumps(document))
+    else:
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("simulating", total=len(plan))
+
+            def progress(message: str) -> None:
+                if message.startswith("node-"):
+                    bar.advance(task)
+                bar.update(task, description=message[:60])
+
+            results = run_fleet(plan, workdir=workdir, progress=progress)
+        _print_results(results)
+    if not all(r.as_expected for r in results):
+        raise typer.Exit(1)
+
+
+def _print_results(results: list[Any]) -> None:
+    table = Table("node", "scenario", "status", "reason", "expected", title="Lightgate simulation")
+    style = {"affirming": "green", "contraindicated": "red", "none": "yellow"}
+    for r in results:
+        mark = "[green]✓[/]" if r.as_expected else "[red]✗ UNEXPECTED[/]"
+        table.add_row(
+            r.node,
+            r.scenario,
+            f"[{style.get(r.status, 'white')}]{r.status}[/]",
+            r.reason or "",
+            f"{mark} {r.expected}",
+        )
+    out.print(table)
+    trusted = sum(r.status == "affirming" for r in results)
+    out.print(
+        f"{trusted} of {len(results)} nodes trusted; "
+        f"{sum(r.as_expected for r in results)} of {len(results)} outcomes as expected"
+    )
+
+
+@sim_app.command("demo")
+def sim_demo(
+    as_json: JsonOption = False,
+    workdir: Annotated[Path | None, typer.Option(help="Keep the fleet's files here.")] = None,
+) -> None:
+    """Good nodes and every attack scenario, each refused for its reason."""
+    from lightgate.sim.scenarios import DEMO_PLAN
+
+    _run_sim(DEMO_PLAN, as_json, workdir)
+
+
+@sim_app.command("run")
+def sim_run(
+    nodes: Annotated[int, typer.Option(min=1, max=500, help="Number of nodes.")] = 4,
+    scenario: Annotated[
+        list[str] | None, typer.Option(help="Scenario(s), cycled over the nodes.")
+    ] = None,
+    as_json: JsonOption = False,
+    workdir: Annotated[Path | None, typer.Option(help="Keep the fleet's files here.")] = None,
+) -> None:
+    """Run N nodes with the given scenarios (default: good)."""
+    names = scenario or ["good"]
+    _run_sim([names[i % len(names)] for i in range(nodes)], as_json, workdir)
+
+
+@sim_app.command("scenarios")
+def sim_scenarios() -> None:
+    """List the scenarios and the check each must trip."""
+    from lightgate.sim.scenarios import SCENARIOS
+
+    table = Table("scenario", "what the node does", "refused by")
+    for s in SCENARIOS.values():
+        table.add_row(s.name, s.description, s.expect or "(trusted)")
+    out.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning known failures into one `error:` line."""
+    from attestor.tpm import TpmError
+    from lightgate.sim.swtpm import SimulatorError
+    from verifier.errors import VerifierError
+    from verifier.evidence.errors import EvidenceError
+
+    known: tuple[type[BaseException], ...] = (
+        CliError,
+        ConfigError,
+        VerifierError,
+        EvidenceError,
+        SimulatorError,
+        TpmError,
+        OSError,
+        ValueError,
+    )
+    command: Callable[..., Any] = typer.main.get_command(app)
+    try:
+        # click handles usage errors (exit 2) and Ctrl-C ("Aborted!", exit 1) itself.
+        command(args=argv, prog_name="attest")
+    except known as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        err.print(f"error: {reason}", highlight=False, markup=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

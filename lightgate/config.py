@@ -1,0 +1,152 @@
+"""Typed configuration for the verifier and the agent, loaded once at the edge.
+
+Sources, strongest first: environment (`LIGHTGATE_VERIFIER_*` / `LIGHTGATE_AGENT_*`,
+nested keys joined by `__`, e.g. `LIGHTGATE_VERIFIER_ENROLLMENT__MODE=join-token`),
+then the YAML file given with `--config`, then the defaults below.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from verifier.evidence.tpm_structures import HashAlg, PcrSelection
+
+
+class ConfigError(Exception):
+    """The configuration file or environment is invalid; the message says where."""
+
+
+class _EnvFirst(BaseSettings):
+    """Environment overrides the file; the file is passed as init arguments."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+
+EnrollmentMode = Literal["ek-chain", "allowlist", "join-token"]
+
+
+class EnrollmentConfig(BaseModel):
+    """Who may enroll.
+
+    - ek-chain: any TPM whose EK certificate chains to a root in `trust_store`.
+    - allowlist: only EKs whose certificate or public key SHA-256 is in `allowlist`
+      (for TPMs without EK certificates, or to pin a known fleet).
+    - join-token: holders of a one-time token from `attest node join-token`; the EK
+      certificate must still chain to the trust store when `require_ek_chain`.
+    Credential activation is required in every mode.
+    """
+
+    mode: EnrollmentMode = "ek-chain"
+    trust_store: Path | None = None
+    allowlist: list[str] = Field(default_factory=list)
+    require_ek_chain: bool = True
+    activation_ttl_seconds: float = Field(default=60.0, gt=0)
+
+    @field_validator("allowlist")
+    @classmethod
+    def _hex_digests(cls, values: list[str]) -> list[str]:
+        out = []
+        for value in values:
+            digest = value.strip().lower().removeprefix("sha256:")
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError(f"allowlist entry {value!r} is not a SHA-256 hex digest")
+            out.append(digest)
+        return out
+
+
+def _default_selection() -> dict[str, list[int]]:
+    return {"sha256": list(range(24))}
+
+
+class AttestationConfig(BaseModel):
+    nonce_ttl_seconds: float = Field(default=60.0, gt=0)
+    pcr_selection: dict[str, list[int]] = Field(default_factory=_default_selection)
+
+    @field_validator("pcr_selection")
+    @classmethod
+    def _valid_selection(cls, value: dict[str, list[int]]) -> dict[str, list[int]]:
+        for bank, pcrs in value.items():
+            HashAlg.from_name(bank)
+            if not pcrs or any(not 0 <= p < 24 for p in pcrs):
+                raise ValueError(f"bank {bank}: PCR indices must be 0-23 and not empty")
+        return value
+
+    def selection(self) -> PcrSelection:
+        return PcrSelection.of(
+            {HashAlg.from_name(bank): tuple(pcrs) for bank, pcrs in self.pcr_selection.items()}
+        )
+
+
+class VerifierConfig(_EnvFirst):
+    model_config = SettingsConfigDict(
+        env_prefix="LIGHTGATE_VERIFIER_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    listen: str = "127.0.0.1:50051"
+    state_dir: Path = Path("/var/lib/lightgate")
+    database_url: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_message_bytes: int = Field(default=1 << 20, gt=1024)
+    workers: int = Field(default=16, ge=1)
+    enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig)
+    attestation: AttestationConfig = Field(default_factory=AttestationConfig)
+
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir / 'verifier.db'}"
+
+
+class AgentConfig(_EnvFirst):
+    model_config = SettingsConfigDict(
+        env_prefix="LIGHTGATE_AGENT_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    node_id: str = Field(default_factory=socket.gethostname)
+    verifier: str = "127.0.0.1:50051"
+    tls_ca: Path | None = None
+    tls_server_name: str | None = None
+    tcti: str = "device:/dev/tpmrm0"
+    ek_kind: Literal["rsa", "ecc"] = "rsa"
+    ak_algorithm: Literal["ecc", "rsa"] = "ecc"
+    state_dir: Path = Path("/var/lib/lightgate-attestor")
+    join_token: str | None = None
+    interval_seconds: float = Field(default=30.0, gt=0)
+    rpc_timeout_seconds: float = Field(default=10.0, gt=0)
+    backoff_initial_seconds: float = Field(default=1.0, gt=0)
+    backoff_max_seconds: float = Field(default=60.0, gt=0)
+
+
+Settings = TypeVar("Settings", VerifierConfig, AgentConfig)
+
+
+def load_config(kind: type[Settings], path: Path | None) -> Settings:
+    """Read the YAML file (if any), overlay the environment, validate."""
+    document: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        document = loaded or {}
+    try:
+        return kind(**document)
+    except ValueError as exc:
+        where = f"{path}" if path else "environment"
+        raise ConfigError(f"invalid configuration ({where}): {exc}") from None

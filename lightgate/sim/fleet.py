@@ -1,0 +1,175 @@
+"""A fleet of swtpm nodes, a real verifier and real agents on one machine.
+
+Everything it starts lives under one temporary folder and is stopped and removed on
+exit, Ctrl-C included: swtpm processes (also asked to die with this process), the
+verifier's gRPC server, its SQLite store, the simulator CAs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+
+from attestor.agent import Agent
+from attestor.tpm import Tpm, TpmError
+from lightgate.config import AgentConfig, AttestationConfig, EnrollmentConfig, VerifierConfig
+from lightgate.sim.scenarios import SCENARIOS, Environment, Verdict
+from lightgate.sim.swtpm import SimulatorCA, Swtpm, provision, require_tools
+from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
+from verifier.server import start_verifier
+
+SIM_NONCE_TTL_SECONDS = 2.0  # short, so expired-nonce shows in seconds, not a minute
+PROVISION_WORKERS = 2
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    node: str
+    scenario: str
+    status: str
+    reason: str | None
+    expected: str  # "affirming" or the check that must refuse it
+    as_expected: bool
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+Progress = Callable[[str], None]
+
+
+def _as_expected(expect: str | None, verdict: Verdict) -> bool:
+    if expect is None:
+        return verdict.status == "affirming"
+    return verdict.status != "affirming" and (verdict.reason or "").startswith(f"{expect}:")
+
+
+@contextlib.contextmanager
+def _workdir(keep: Path | None) -> Iterator[Path]:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep
+        return
+    path = Path(tempfile.mkdtemp(prefix="lightgate-sim-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run_fleet(
+    plan: list[str],
+    *,
+    workdir: Path | None = None,
+    progress: Progress | None = None,
+    parallel: int = 4,
+) -> list[NodeResult]:
+    """Run one node per entry of `plan` (scenario names); return their verdicts."""
+    require_tools()
+    unknown = [name for name in plan if name not in SCENARIOS]
+    if unknown:
+        raise ValueError(
+            f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}"
+        )
+    note = progress or (lambda _msg: None)
+    scenarios = [SCENARIOS[name] for name in plan]
+    with _workdir(workdir) as root, contextlib.ExitStack() as stack:
+        trusted_ca = SimulatorCA(root / "ca-sim")
+        rogue_ca = SimulatorCA(root / "ca-rogue")
+        nodes = [f"node-{i:03d}-{s.name}" for i, s in enumerate(scenarios)]
+        tpm_dirs = {node: root / "tpm" / node for node in nodes}
+        foreign_dir = root / "tpm" / "foreign"
+
+        jobs = [
+            (tpm_dirs[n], rogue_ca if s.rogue_ca else trusted_ca)
+            for n, s in zip(nodes, scenarios, strict=True)
+        ]
+        if any(s.needs_foreign_tpm for s in scenarios):
+            jobs.append((foreign_dir, trusted_ca))
+        _provision_all(jobs, note)
+        trusted_ca.export_trust(root / "trust")
+
+        swtpms: dict[Path, Swtpm] = {}
+        for state_dir, _ in jobs:
+            swtpms[state_dir] = stack.enter_context(Swtpm(state_dir).start())
+        note(f"started {len(swtpms)} swtpm processes")
+
+        config = VerifierConfig(
+            listen="127.0.0.1:0",
+            state_dir=root / "verifier",
+            enrollment=EnrollmentConfig(mode="ek-chain", trust_store=root / "trust"),
+            attestation=AttestationConfig(nonce_ttl_seconds=SIM_NONCE_TTL_SECONDS),
+        )
+        verifier = stack.enter_context(start_verifier(config))
+        address = f"127.0.0.1:{verifier.port}"
+        note(f"verifier listening on {address}")
+        channel = stack.enter_context(grpc.insecure_channel(address))
+        stub = pb_grpc.AttestationStub(channel)
+        env = Environment(
+            nonce_ttl_seconds=SIM_NONCE_TTL_SECONDS,
+            foreign_tpm=(lambda: Tpm(swtpms[foreign_dir].tcti)) if foreign_dir in swtpms else None,
+        )
+
+        def run_node(node: str, scenario_name: str) -> NodeResult:
+            scenario = SCENARIOS[scenario_name]
+            agent_config = AgentConfig(
+                node_id=node,
+                verifier=address,
+                tcti=swtpms[tpm_dirs[node]].tcti,
+                state_dir=root / "agents" / node,
+                rpc_timeout_seconds=10,
+            )
+            try:
+                with Tpm(agent_config.tcti, agent_config.ek_kind) as tpm:
+                    verdict = scenario.run(Agent(agent_config, tpm, stub), env)
+            except grpc.RpcError as exc:
+                verdict = Verdict("none", exc.details() or exc.code().name)
+            except TpmError as exc:
+                verdict = Verdict("none", f"tpm: {exc}")
+            expected = scenario.expect or "affirming"
+            return NodeResult(
+                node,
+                scenario_name,
+                verdict.status,
+                verdict.reason,
+                expected,
+                _as_expected(scenario.expect, verdict),
+            )
+
+        results: dict[str, NodeResult] = {}
+        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="node") as pool:
+            futures = {
+                pool.submit(run_node, n, s.name): n for n, s in zip(nodes, scenarios, strict=True)
+            }
+            for future in as_completed(futures):
+                result = future.result()
+                results[result.node] = result
+                note(f"{result.node}: {result.status}")
+        return [results[node] for node in nodes]
+
+
+def _provision_all(jobs: list[tuple[Path, SimulatorCA]], note: Progress) -> None:
+    """swtpm_setup for every TPM.  The first TPM of each CA creates that CA, so it runs
+    alone; the rest run in parallel (swtpm_localca serialises its serial numbers)."""
+    first: dict[Path, tuple[Path, SimulatorCA]] = {}
+    for state_dir, ca in jobs:
+        first.setdefault(ca.directory, (state_dir, ca))
+    for state_dir, ca in first.values():
+        provision(state_dir, ca)
+        note(f"provisioned {state_dir.name}")
+    rest = [job for job in jobs if job not in first.values()]
+    with ThreadPoolExecutor(max_workers=PROVISION_WORKERS) as pool:
+        for state_dir in pool.map(_provision_job, rest):
+            note(f"provisioned {state_dir.name}")
+
+
+def _provision_job(job: tuple[Path, SimulatorCA]) -> Path:
+    provision(*job)
+    return job[0]

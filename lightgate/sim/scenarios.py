@@ -1,0 +1,174 @@
+"""Simulator scenarios: what one node does, honest or hostile, against a real verifier.
+
+Each hostile scenario is an attack a real adversary can mount with what it holds (its
+own TPM, a captured message, a CA it controls); none reaches into the verifier.  A
+scenario returns the verifier's verdict as the node saw it; `expect` says which check
+must refuse it (None: the node must be trusted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from attestor.agent import Agent
+from attestor.tpm import Tpm, TpmError
+from lightgate.wire import convert
+from lightgate.wire.v1 import attestation_pb2 as pb
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str  # affirming | contraindicated | none (never enrolled)
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What a scenario may use besides its own agent."""
+
+    nonce_ttl_seconds: float
+    foreign_tpm: Callable[[], Tpm] | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    expect: str | None  # the check that must refuse it; None = must be affirming
+    run: Callable[[Agent, Environment], Verdict]
+    rogue_ca: bool = False  # the node's TPM carries an EK certificate from an untrusted CA
+    needs_foreign_tpm: bool = False
+
+
+def _verdict(response: pb.AttestResponse) -> Verdict:
+    status = convert.STATUS_FROM_WIRE.get(response.status, "none")
+    return Verdict(status, response.reason or None)
+
+
+def _refused(exc: grpc.RpcError) -> Verdict:
+    """A refused enrollment: the verifier makes no claim about the node (EAR "none")."""
+    return Verdict("none", exc.details() or exc.code().name)
+
+
+def good(agent: Agent, env: Environment) -> Verdict:
+    agent.enroll()
+    agent.attest_once()
+    return _verdict(agent.attest_once())  # a second round: counters move forward
+
+
+def forged_ek(agent: Agent, env: Environment) -> Verdict:
+    try:
+        agent.enroll()
+    except grpc.RpcError as exc:
+        return _refused(exc)
+    return _verdict(agent.attest_once())
+
+
+def foreign_ak(agent: Agent, env: Environment) -> Verdict:
+    """Present this TPM's genuine EK with an AK that lives in another TPM."""
+    assert env.foreign_tpm is not None
+    with env.foreign_tpm() as other:
+        foreign = other.create_ak("ecc")
+        request = agent.enroll_request()
+        request.ak_public = foreign.tpmt_public
+        challenge = agent.stub.Enroll(request, timeout=agent.config.rpc_timeout_seconds)
+        try:
+            # The credential is sealed to this node's EK; the TPM holding the AK cannot
+            # open it (integrity check fails), and this node's TPM cannot load the AK.
+            secret = other.activate_credential(
+                foreign, challenge.credential_blob, challenge.encrypted_secret
+            )
+        except TpmError:
+            secret = os.urandom(32)  # all that is left to the attacker: a guess
+    try:
+        agent.stub.ActivateCredential(
+            pb.ActivateCredentialRequest(node_id=agent.node_id, secret=secret),
+            timeout=agent.config.rpc_timeout_seconds,
+        )
+    except grpc.RpcError as exc:
+        return _refused(exc)
+    return Verdict("none", "foreign AK was activated")
+
+
+def replayed_nonce(agent: Agent, env: Environment) -> Verdict:
+    """Replay a captured, once-accepted attestation."""
+    agent.enroll()
+    captured = agent.collect(agent.challenge())
+    agent.submit(captured)
+    return _verdict(agent.submit(captured))
+
+
+def expired_nonce(agent: Agent, env: Environment) -> Verdict:
+    """Answer a challenge after its nonce expired (evidence prepared in advance)."""
+    agent.enroll()
+    challenge = agent.challenge()
+    time.sleep(env.nonce_ttl_seconds + 0.5)
+    return _verdict(agent.submit(agent.collect(challenge)))
+
+
+def tampered_pcr(agent: Agent, env: Environment) -> Verdict:
+    """Report a PCR value other than the one the TPM quoted (hide a measurement)."""
+    agent.enroll()
+    request = agent.collect(agent.challenge())
+    bank = request.pcr_values[0]
+    first = min(bank.values)
+    bank.values[first] = hashlib.sha256(b"what the verifier wants to see").digest()[
+        : len(bank.values[first])
+    ]
+    return _verdict(agent.submit(request))
+
+
+def bad_signature(agent: Agent, env: Environment) -> Verdict:
+    """Alter the signed quote's signature (a forged or corrupted quote)."""
+    agent.enroll()
+    request = agent.collect(agent.challenge())
+    signature = bytearray(request.quote_signature)
+    signature[-1] ^= 0x01
+    request.quote_signature = bytes(signature)
+    return _verdict(agent.submit(request))
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("good", "honest node: enrolls, attests twice", None, good),
+        Scenario(
+            "forged-ek",
+            "EK certificate from a CA the verifier does not trust",
+            "ek-certificate-untrusted",
+            forged_ek,
+            rogue_ca=True,
+        ),
+        Scenario(
+            "foreign-ak",
+            "AK from another TPM presented with this TPM's EK",
+            "credential-activation",
+            foreign_ak,
+            needs_foreign_tpm=True,
+        ),
+        Scenario(
+            "replayed-nonce",
+            "a once-accepted attestation sent again",
+            "nonce-replayed",
+            replayed_nonce,
+        ),
+        Scenario(
+            "expired-nonce", "evidence sent after the nonce expired", "nonce-expired", expired_nonce
+        ),
+        Scenario(
+            "tampered-pcr",
+            "PCR values that do not hash to the quoted digest",
+            "pcr-digest",
+            tampered_pcr,
+        ),
+        Scenario("bad-signature", "quote signature altered", "quote-signature", bad_signature),
+    )
+}
+
+DEMO_PLAN = ["good", "good", "good", *[name for name in SCENARIOS if name != "good"]]

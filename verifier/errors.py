@@ -1,0 +1,108 @@
+"""Refusals of requests (not of evidence): enrollment, unknown nodes, malformed input.
+
+Each class names its check and the gRPC status a client receives; the API layer maps
+`status` to grpc.StatusCode, so the verifier's logic imports no gRPC.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+Status = Literal[
+    "INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED", "FAILED_PRECONDITION", "NOT_FOUND"
+]
+
+
+class VerifierError(Exception):
+    check: ClassVar[str] = "request"
+    status: ClassVar[Status] = "INVALID_ARGUMENT"
+
+    def __init__(self, message: str, *, node_id: str | None = None) -> None:
+        self.node_id = node_id
+        self.message = message
+        super().__init__(message)
+
+    @property
+    def reason(self) -> str:
+        node = f" (node {self.node_id})" if self.node_id else ""
+        return f"{self.check}: {self.message}{node}"
+
+
+class MalformedRequest(VerifierError):
+    check = "malformed"
+    status = "INVALID_ARGUMENT"
+
+
+class UnknownNode(VerifierError):
+    check = "unknown-node"
+    status = "NOT_FOUND"
+
+
+class NodeNotEnrolled(VerifierError):
+    """The node exists but has no activated AK yet."""
+
+    check = "not-enrolled"
+    status = "FAILED_PRECONDITION"
+
+
+class EkCertificateMalformed(VerifierError):
+    check = "ek-certificate-malformed"
+    status = "INVALID_ARGUMENT"
+
+
+class EkCertificateUntrusted(VerifierError):
+    """The EK certificate does not chain to a root in the trust store."""
+
+    check = "ek-certificate-untrusted"
+    status = "PERMISSION_DENIED"
+
+
+class EkPublicMismatch(VerifierError):
+    """The EK public key presented is not the one the certificate certifies."""
+
+    check = "ek-public-mismatch"
+    status = "PERMISSION_DENIED"
+
+
+class EkNotAllowed(VerifierError):
+    """Allow-list mode: neither the EK certificate nor its public key is listed."""
+
+    check = "ek-not-allowed"
+    status = "PERMISSION_DENIED"
+
+
+class EkChanged(VerifierError):
+    """The node id is enrolled with another EK: a different TPM claims its identity."""
+
+    check = "ek-changed"
+    status = "PERMISSION_DENIED"
+
+
+class JoinTokenInvalid(VerifierError):
+    check = "join-token"
+    status = "UNAUTHENTICATED"
+
+
+class AkInvalid(VerifierError):
+    """The AK's attributes do not make it an attestation key."""
+
+    check = "ak-attributes"
+    status = "INVALID_ARGUMENT"
+
+
+class NoPendingEnrollment(VerifierError):
+    check = "no-pending-enrollment"
+    status = "FAILED_PRECONDITION"
+
+
+class ActivationFailed(VerifierError):
+    """The secret returned is not the one sealed to the EK for this AK: the AK is not
+    resident in the TPM whose EK was checked (or the node is someone else)."""
+
+    check = "credential-activation"
+    status = "PERMISSION_DENIED"
+
+
+class ActivationExpired(VerifierError):
+    check = "credential-activation-expired"
+    status = "FAILED_PRECONDITION"

@@ -1,0 +1,334 @@
+"""The verifier's decisions: enroll, activate, challenge, attest.
+
+Orchestration only: the checks are the pure functions of `verifier.enrollment`,
+`verifier.credential` and `verifier.evidence.quote`; the store is passed in.  Nothing
+here knows about gRPC (see `verifier.api`).
+
+Closed by default: a node is trusted only by an attestation whose every check passed;
+an error in a check never yields `affirming`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+
+from lightgate.config import VerifierConfig
+from verifier.credential import Credential, CredentialError, make_credential
+from verifier.enrollment import (
+    TrustStore,
+    check_ak,
+    check_allowlist,
+    check_ek_matches_certificate,
+    ek_fingerprint,
+    load_ek_certificate,
+    verify_ek_chain,
+)
+from verifier.errors import (
+    ActivationExpired,
+    ActivationFailed,
+    EkCertificateUntrusted,
+    EkChanged,
+    JoinTokenInvalid,
+    MalformedRequest,
+    NodeNotEnrolled,
+    NoPendingEnrollment,
+    UnknownNode,
+)
+from verifier.evidence.errors import ChecksFailed, EvidenceError, TpmStructureMalformed
+from verifier.evidence.keys import AttestationKey
+from verifier.evidence.quote import (
+    PcrValues,
+    Quote,
+    QuoteExpectations,
+    authenticate_quote,
+    verify_authenticated_quote,
+)
+from verifier.evidence.tpm_structures import ClockInfo, PcrSelection, PublicArea, parse_public
+from verifier.store import AttestationRecord, NodeRecord, PendingEnrollment, Store
+
+log = logging.getLogger("lightgate.verifier")
+
+NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+NONCE_BYTES = 32
+CREDENTIAL_BYTES = 32
+
+AFFIRMING = "affirming"
+CONTRAINDICATED = "contraindicated"
+
+
+@dataclass(frozen=True)
+class EnrollRequest:
+    node_id: str
+    ek_public: bytes
+    ak_public: bytes
+    ek_certificate: bytes | None = None
+    ek_intermediates: tuple[bytes, ...] = ()
+    join_token: str | None = None
+
+
+@dataclass(frozen=True)
+class EnrollChallenge:
+    credential: Credential
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class NonceChallenge:
+    nonce: bytes
+    pcr_selection: PcrSelection
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class AttestOutcome:
+    node_id: str
+    status: str
+    failed_checks: tuple[str, ...]
+    reason: str | None
+    result_id: int
+    rebooted: bool
+    attested_at: datetime
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Verifier:
+    def __init__(
+        self,
+        store: Store,
+        config: VerifierConfig,
+        trust: TrustStore,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._store = store
+        self._config = config
+        self._trust = trust
+        self._now = clock
+        self._selection = config.attestation.selection()
+        self._nonce_ttl = timedelta(seconds=config.attestation.nonce_ttl_seconds)
+        self._activation_ttl = timedelta(seconds=config.enrollment.activation_ttl_seconds)
+        # Parsing an AK and loading its key costs more than verifying a signature;
+        # enrolled AKs are immutable, so they are cached by their exact bytes.
+        self._ak_cache: Callable[[bytes], AttestationKey] = lru_cache(maxsize=1 << 16)(
+            AttestationKey.from_bytes
+        )
+
+    # --- enrollment --------------------------------------------------------------------
+
+    def enroll(self, request: EnrollRequest) -> EnrollChallenge:
+        node_id = _valid_node_id(request.node_id)
+        now = self._now()
+        ek = _parse_public(request.ek_public, "EK", node_id)
+        ak = _parse_public(request.ak_public, "AK", node_id)
+        check_ak(ak)
+        self._check_endorsement(node_id, ek, request, now)
+        fingerprint = ek_fingerprint(ek)
+        existing = self._store.get_node(node_id)
+        if existing is not None and existing.ek_fingerprint != fingerprint:
+            raise EkChanged(
+                f"node is enrolled with EK {existing.ek_fingerprint}, not {fingerprint}",
+                node_id=node_id,
+            )
+        if self._config.enrollment.mode == "join-token":
+            self._consume_join_token(request.join_token, node_id, now)
+        secret = os.urandom(CREDENTIAL_BYTES)
+        try:
+            credential = make_credential(ek, ak.name, secret)
+        except CredentialError as exc:
+            raise MalformedRequest(str(exc), node_id=node_id) from None
+        expires_at = now + self._activation_ttl
+        self._store.begin_enrollment(
+            PendingEnrollment(
+                node_id=node_id,
+                ek_certificate=request.ek_certificate or None,
+                ek_public=ek.raw,
+                ek_fingerprint=fingerprint,
+                ak_public=ak.raw,
+                ak_name=ak.name,
+                secret_digest=hashlib.sha256(secret).digest(),
+                created_at=now,
+                expires_at=expires_at,
+            )
+        )
+        _log_decision("enroll-challenge", node_id, ek=fingerprint, ak_name=ak.name.hex())
+        return EnrollChallenge(credential, expires_at)
+
+    def _check_endorsement(
+        self, node_id: str, ek: PublicArea, request: EnrollRequest, now: datetime
+    ) -> None:
+        config = self._config.enrollment
+        certificate = None
+        if request.ek_certificate:
+            certificate = load_ek_certificate(request.ek_certificate)
+            check_ek_matches_certificate(ek, certificate)
+        if config.mode == "allowlist":
+            check_allowlist(ek, request.ek_certificate, config)
+            return
+        if config.mode == "join-token" and not config.require_ek_chain:
+            return
+        if certificate is None:
+            raise EkCertificateUntrusted("no EK certificate presented", node_id=node_id)
+        intermediates = [load_ek_certificate(der) for der in request.ek_intermediates]
+        try:
+            verify_ek_chain(certificate, intermediates, self._trust, now)
+        except EkCertificateUntrusted as exc:
+            raise exc.__class__(exc.message, node_id=node_id) from None
+
+    def _consume_join_token(self, token: str | None, node_id: str, now: datetime) -> None:
+        if not token:
+            raise JoinTokenInvalid(
+                "this verifier enrolls by join token; none was given", node_id=node_id
+            )
+        digest = hashlib.sha256(token.encode()).digest()
+        if not self._store.consume_join_token(digest, node_id, now):
+            raise JoinTokenInvalid("join token is unknown, used or expired", node_id=node_id)
+
+    def create_join_token(self, ttl: timedelta, note: str = "") -> str:
+        token = secrets.token_urlsafe(32)
+        now = self._now()
+        self._store.add_join_token(hashlib.sha256(token.encode()).digest(), now, now + ttl, note)
+        return token
+
+    def activate(self, node_id: str, secret: bytes) -> NodeRecord:
+        node_id = _valid_node_id(node_id)
+        pending = self._store.get_pending_enrollment(node_id)
+        if pending is None:
+            if self._store.get_node(node_id) is None:
+                raise UnknownNode("node never started enrolling", node_id=node_id)
+            raise NoPendingEnrollment("no credential challenge is outstanding", node_id=node_id)
+        # One attempt per challenge: a wrong or late answer discards it.
+        if self._now() >= pending.expires_at:
+            self._store.drop_pending_enrollment(node_id)
+            raise ActivationExpired(
+                f"credential challenge expired at {pending.expires_at.isoformat()}", node_id=node_id
+            )
+        if not hmac.compare_digest(hashlib.sha256(secret).digest(), pending.secret_digest):
+            self._store.drop_pending_enrollment(node_id)
+            _log_decision("enroll-refused", node_id, check=ActivationFailed.check)
+            raise ActivationFailed(
+                "the secret returned is not the one sealed to the EK for this AK", node_id=node_id
+            )
+        node = self._store.complete_enrollment(node_id, self._now())
+        _log_decision("enrolled", node_id, ek=node.ek_fingerprint)
+        return node
+
+    # --- attestation -------------------------------------------------------------------
+
+    def challenge(self, node_id: str) -> NonceChallenge:
+        node = self._enrolled_node(node_id)
+        now = self._now()
+        nonce = os.urandom(NONCE_BYTES)
+        expires_at = now + self._nonce_ttl
+        self._store.add_nonce(nonce, node.node_id, now, expires_at)
+        return NonceChallenge(nonce, self._selection, expires_at)
+
+    def attest(
+        self, node_id: str, message: bytes, signature: bytes, pcr_values: PcrValues, peer: str = ""
+    ) -> AttestOutcome:
+        node = self._enrolled_node(node_id)
+        assert node.ak_public is not None  # _enrolled_node guarantees an active AK
+        try:
+            quote = Quote.parse(message, signature)
+        except TpmStructureMalformed as exc:
+            raise MalformedRequest(exc.message, node_id=node.node_id) from None
+        ak = self._ak_cache(node.ak_public)
+        now = self._now()
+        record = AttestationRecord(
+            node_id=node.node_id,
+            received_at=now,
+            nonce=quote.nonce,
+            quote_message=message,
+            quote_signature=signature,
+            pcr_values=pcr_values.to_json(),
+            peer=peer,
+            status=CONTRAINDICATED,
+            failed_checks=(),
+            reason=None,
+            clock=None,
+            rebooted=False,
+        )
+        try:
+            authenticated = authenticate_quote(ak, quote, node.node_id)
+            # The nonce is consumed only once the AK's signature holds, so a forged
+            # message cannot burn a nonce issued to someone else.
+            nonce = self._store.consume_nonce(quote.nonce, node.node_id, now)
+            expectations = QuoteExpectations(
+                node.node_id, nonce, self._selection, node.last_clock, now
+            )
+            verified = verify_authenticated_quote(authenticated, pcr_values, expectations)
+        except EvidenceError as refusal:
+            failures = refusal.failures if isinstance(refusal, ChecksFailed) else (refusal,)
+            record = _refused(record, failures)
+        else:
+            record = _accepted(record, verified.clock_info, verified.rebooted)
+        result = self._store.record_attestation(record)
+        _log_decision(
+            "attestation",
+            node.node_id,
+            status=record.status,
+            checks=list(record.failed_checks),
+            rebooted=record.rebooted,
+            peer=peer,
+            result_id=result.id,
+        )
+        return AttestOutcome(
+            node.node_id,
+            record.status,
+            record.failed_checks,
+            record.reason,
+            result.id,
+            record.rebooted,
+            now,
+        )
+
+    def _enrolled_node(self, node_id: str) -> NodeRecord:
+        node_id = _valid_node_id(node_id)
+        node = self._store.get_node(node_id)
+        if node is None:
+            raise UnknownNode("no such node", node_id=node_id)
+        if node.state != "enrolled" or node.ak_public is None:
+            raise NodeNotEnrolled("node has not activated its AK", node_id=node_id)
+        return node
+
+
+def _refused(record: AttestationRecord, failures: tuple[EvidenceError, ...]) -> AttestationRecord:
+    return replace(
+        record,
+        status=CONTRAINDICATED,
+        failed_checks=tuple(f.check for f in failures),
+        reason="; ".join(f.reason for f in failures),
+    )
+
+
+def _accepted(record: AttestationRecord, clock: ClockInfo, rebooted: bool) -> AttestationRecord:
+    return replace(record, status=AFFIRMING, clock=clock, rebooted=rebooted)
+
+
+def _valid_node_id(node_id: str) -> str:
+    if not NODE_ID.match(node_id or ""):
+        raise MalformedRequest(
+            f"node id {node_id[:64]!r} must be 1-128 characters of A-Z a-z 0-9 . _ : @ -"
+        )
+    return node_id
+
+
+def _parse_public(blob: bytes, what: str, node_id: str) -> PublicArea:
+    try:
+        return parse_public(blob)
+    except TpmStructureMalformed as exc:
+        raise MalformedRequest(f"{what} public area: {exc.message}", node_id=node_id) from None
+
+
+def _log_decision(event: str, node_id: str, **fields: object) -> None:
+    log.info(event, extra={"fields": {"node": node_id, **fields}})
