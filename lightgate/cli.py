@@ -262,16 +262,21 @@ def _run_sim(plan: list[str], as_json: bool, workdir: Path | None) -> None:
 
 
 def _print_results(results: list[Any]) -> None:
-    table = Table("node", "scenario", "status", "reason", "expected", title="Lightgate simulation")
+    table = Table(
+        "node", "scenario", "status", "refused by", "detail", "", title="Lightgate simulation"
+    )
     style = {"affirming": "green", "contraindicated": "red", "none": "yellow"}
     for r in results:
-        mark = "[green]✓[/]" if r.as_expected else "[red]✗ UNEXPECTED[/]"
+        check, _, detail = (r.reason or "").partition(": ")
+        detail = detail.removesuffix(f" (node {r.node})")
+        mark = "[green]✓[/]" if r.as_expected else f"[red]✗ expected {r.expected}[/]"
         table.add_row(
             r.node,
             r.scenario,
             f"[{style.get(r.status, 'white')}]{r.status}[/]",
-            r.reason or "",
-            f"{mark} {r.expected}",
+            check,
+            detail,
+            mark,
         )
     out.print(table)
     trusted = sum(r.status == "affirming" for r in results)

@@ -83,7 +83,7 @@ def run_fleet(
     with _workdir(workdir) as root, contextlib.ExitStack() as stack:
         trusted_ca = SimulatorCA(root / "ca-sim")
         rogue_ca = SimulatorCA(root / "ca-rogue")
-        nodes = [f"node-{i:03d}-{s.name}" for i, s in enumerate(scenarios)]
+        nodes = [f"node-{i:02d}" for i in range(len(scenarios))]
         tpm_dirs = {node: root / "tpm" / node for node in nodes}
         foreign_dir = root / "tpm" / "foreign"
 

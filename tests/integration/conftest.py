@@ -123,14 +123,15 @@ def make_verifier(tmp_path: Path, trust_store: Path) -> Iterator[VerifierFactory
         nonce_ttl_seconds: float = 60.0,
         **overrides: object,
     ) -> VerifierHandle:
-        config = VerifierConfig(
-            listen="127.0.0.1:0",
-            state_dir=tmp_path / f"verifier-{len(handles)}",
-            database_url=database_url,
-            enrollment=enrollment or EnrollmentConfig(mode="ek-chain", trust_store=trust_store),
-            attestation=AttestationConfig(nonce_ttl_seconds=nonce_ttl_seconds),
-            **overrides,  # type: ignore[arg-type]
-        )
+        settings: dict[str, object] = {
+            "listen": "127.0.0.1:0",
+            "state_dir": tmp_path / f"verifier-{len(handles)}",
+            "database_url": database_url,
+            "enrollment": enrollment or EnrollmentConfig(mode="ek-chain", trust_store=trust_store),
+            "attestation": AttestationConfig(nonce_ttl_seconds=nonce_ttl_seconds),
+            **overrides,
+        }
+        config = VerifierConfig(**settings)  # type: ignore[arg-type]
         running = start_verifier(config)
         address = f"127.0.0.1:{running.port}"
         handle = VerifierHandle(running, address, grpc.insecure_channel(address))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from typing import Any
 
 import grpc
 import pytest
@@ -17,8 +18,6 @@ from lightgate.config import EnrollmentConfig
 from lightgate.wire.v1 import attestation_pb2 as pb
 from verifier.evidence.keys import spki_der
 from verifier.evidence.tpm_structures import parse_public
-
-from typing import Any
 
 SwtpmFactory = VerifierFactory = AgentFactory = VerifierHandle = Any
 
@@ -127,9 +126,13 @@ def test_foreign_ak_cannot_activate(
         request.ak_public = foreign.tpmt_public
         challenge = verifier.stub.Enroll(request)
         with pytest.raises(TpmError):
-            other.activate_credential(foreign, challenge.credential_blob, challenge.encrypted_secret)
+            other.activate_credential(
+                foreign, challenge.credential_blob, challenge.encrypted_secret
+            )
     with pytest.raises(TpmError):  # nor can this TPM load the other TPM's AK
-        agent.tpm.activate_credential(foreign, challenge.credential_blob, challenge.encrypted_secret)
+        agent.tpm.activate_credential(
+            foreign, challenge.credential_blob, challenge.encrypted_secret
+        )
     error = rpc_error(
         lambda: verifier.stub.ActivateCredential(
             pb.ActivateCredentialRequest(node_id=agent.node_id, secret=os.urandom(32))
@@ -167,7 +170,9 @@ def test_ak_with_decrypt_attribute_is_refused(
 
 
 def test_join_token_is_single_use(
-    make_swtpm: SwtpmFactory, make_verifier: VerifierFactory, make_agent: AgentFactory,
+    make_swtpm: SwtpmFactory,
+    make_verifier: VerifierFactory,
+    make_agent: AgentFactory,
     trust_store: object,
 ) -> None:
     handle = make_verifier(enrollment=EnrollmentConfig(mode="join-token", trust_store=trust_store))
@@ -348,7 +353,9 @@ def test_malformed_messages_get_invalid_argument(
     assert bad_id.code() == grpc.StatusCode.INVALID_ARGUMENT
     garbage = agent.enroll_request()
     garbage.ek_public = b"\x00\x01garbage"
-    assert rpc_error(lambda: verifier.stub.Enroll(garbage)).code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        rpc_error(lambda: verifier.stub.Enroll(garbage)).code() == grpc.StatusCode.INVALID_ARGUMENT
+    )
     # The node still attests after all that.
     assert agent.attest_once().status == AFFIRMING
 
@@ -389,3 +396,58 @@ def test_agent_reuses_its_ak_and_enrollment_across_restarts(
     assert again.state.enrolled
     assert again.ak == ak
     assert again.attest_once().status == AFFIRMING
+
+
+def test_agent_survives_verifier_outage(
+    make_swtpm: SwtpmFactory,
+    make_verifier: VerifierFactory,
+    make_agent: AgentFactory,
+    database_url: str,
+) -> None:
+    """The agent starts before the verifier exists, backs off, and enrolls and attests by
+    itself once it appears; no crash loop, no help."""
+    import socket
+    import threading
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    swtpm = make_swtpm()
+
+    class Later:  # the address the agent dials before any server listens there
+        address = f"127.0.0.1:{port}"
+        stub = None
+
+    import grpc as grpc_module
+
+    from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
+
+    channel = grpc_module.insecure_channel(Later.address)
+    Later.stub = pb_grpc.AttestationStub(channel)
+    agent = make_agent(
+        swtpm,
+        Later,
+        backoff_initial_seconds=0.05,
+        backoff_max_seconds=0.2,
+        interval_seconds=0.1,
+        rpc_timeout_seconds=1,
+    )
+    stop = threading.Event()
+    runner = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    runner.start()
+    time.sleep(0.5)  # a few failed attempts while nothing listens
+    assert runner.is_alive() and not agent.state.enrolled
+    handle = make_verifier(database_url, listen=Later.address)
+    deadline = time.monotonic() + 60
+    node = None
+    while time.monotonic() < deadline:
+        node = handle.running.store.get_node(agent.node_id)
+        if node is not None and node.last_status == "affirming":
+            break
+        time.sleep(0.1)
+    stop.set()
+    runner.join(timeout=10)
+    channel.close()
+    assert node is not None and node.last_status == "affirming"
+    assert not runner.is_alive()

@@ -9,10 +9,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-
-from typing import Any
 
 SwtpmFactory = VerifierFactory = AgentFactory = VerifierHandle = Any
 
@@ -43,25 +42,97 @@ def recorded(request: pytest.FixtureRequest, make_swtpm: SwtpmFactory, tmp_path:
     tcti = make_swtpm().tcti
     _tools(tcti, "tpm2_pcrextend", f"7:sha256={'ab' * 32}", cwd=tmp_path)
     _tools(tcti, "tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub", cwd=tmp_path)
-    _tools(tcti, "tpm2_createak", "-C", "ek.ctx", "-c", "ak.ctx", "-G", key_alg, "-g", digest,
-           "-s", scheme, "-u", "ak.pub", cwd=tmp_path)
+    _tools(
+        tcti,
+        "tpm2_createak",
+        "-C",
+        "ek.ctx",
+        "-c",
+        "ak.ctx",
+        "-G",
+        key_alg,
+        "-g",
+        digest,
+        "-s",
+        scheme,
+        "-u",
+        "ak.pub",
+        cwd=tmp_path,
+    )
     _tools(tcti, "tpm2_readpublic", "-c", "ak.ctx", "-f", "pem", "-o", "ak.pem", cwd=tmp_path)
-    _tools(tcti, "tpm2_quote", "-c", "ak.ctx", "-l", f"sha256:{PCRS}", "-q", NONCE, "-g", digest,
-           "-m", "quote.msg", "-s", "quote.sig", "-o", "quote.pcrs", cwd=tmp_path)
+    _tools(
+        tcti,
+        "tpm2_quote",
+        "-c",
+        "ak.ctx",
+        "-l",
+        f"sha256:{PCRS}",
+        "-q",
+        NONCE,
+        "-g",
+        digest,
+        "-m",
+        "quote.msg",
+        "-s",
+        "quote.sig",
+        "-o",
+        "quote.pcrs",
+        cwd=tmp_path,
+    )
     pcrread = _tools(tcti, "tpm2_pcrread", f"sha256:{PCRS}", cwd=tmp_path)
     (tmp_path / "pcrs.json").write_text(json.dumps(_pcr_json(pcrread, "sha256")))
     # The independent verifier agrees these files are a good quote.
-    _tools(tcti, "tpm2_checkquote", "-u", "ak.pem", "-m", "quote.msg", "-s", "quote.sig",
-           "-f", "quote.pcrs", "-g", digest, "-q", NONCE, cwd=tmp_path)
+    _tools(
+        tcti,
+        "tpm2_checkquote",
+        "-u",
+        "ak.pem",
+        "-m",
+        "quote.msg",
+        "-s",
+        "quote.sig",
+        "-f",
+        "quote.pcrs",
+        "-g",
+        digest,
+        "-q",
+        NONCE,
+        cwd=tmp_path,
+    )
     return tmp_path
 
 
-def attest_quote_verify(workdir: Path, *extra: str, ak: str = "ak.pub", pcrs: str = "pcrs.json",
-                        nonce: str = NONCE, signature: str = "quote.sig") -> subprocess.CompletedProcess[str]:
+def attest_quote_verify(
+    workdir: Path,
+    *extra: str,
+    ak: str = "ak.pub",
+    pcrs: str = "pcrs.json",
+    nonce: str = NONCE,
+    signature: str = "quote.sig",
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "lightgate", "quote", "verify", "--ak", ak, "--message", "quote.msg",
-         "--signature", signature, "--pcrs", pcrs, "--nonce", nonce, *extra],
-        cwd=workdir, capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "lightgate",
+            "quote",
+            "verify",
+            "--ak",
+            ak,
+            "--message",
+            "quote.msg",
+            "--signature",
+            signature,
+            "--pcrs",
+            pcrs,
+            "--nonce",
+            nonce,
+            *extra,
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 
