@@ -268,10 +268,13 @@ class Tpm:
 
     def extend_pcr(self, pcr: int, digests: dict[HashAlg, bytes]) -> None:
         """TPM2_PCR_Extend (used by the simulator to replay measurements)."""
-        from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA
+        from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA, TPMU_HA
 
         values = TPML_DIGEST_VALUES(
-            [TPMT_HA(hashAlg=int(alg), digest=digest) for alg, digest in digests.items()]
+            [
+                TPMT_HA(hashAlg=int(alg), digest=TPMU_HA(**{alg.bank_name: digest}))
+                for alg, digest in digests.items()
+            ]
         )
         try:
             self._ectx.pcr_extend(ESYS_TR.parse(f"pcr{pcr}"), values)

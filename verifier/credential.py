@@ -91,7 +91,8 @@ def make_credential(
 ) -> Credential:
     """Protect `secret` for the TPM holding `ek`, bound to the object named `ak_name`.
 
-    `seed` is for known-answer tests only; leave it None so the seed is random.
+    `seed` is for known-answer tests of RSA EKs only; leave it None so the seed is
+    random.  (An ECC EK's seed comes from a fresh ephemeral key and cannot be chosen.)
     """
     try:
         name_alg = HashAlg(ek.name_alg)
@@ -106,6 +107,8 @@ def make_credential(
         seed = seed if seed is not None else os.urandom(name_alg.digest_size)
         encrypted_secret = _rsa_share(ek, name_alg, seed)
     elif ek.type == Alg.ECC:
+        if seed is not None:
+            raise CredentialError("an ECC EK's seed comes from ECDH; it cannot be given")
         seed, encrypted_secret = _ecc_share(ek, name_alg, seed_bits)
     else:
         raise CredentialError(f"EK type 0x{ek.type:04x} is neither RSA nor ECC")

@@ -37,9 +37,12 @@ def public_key(public: PublicArea) -> PublicKey:
     if public.type == Alg.RSA:
         if not public.modulus:
             raise TpmStructureMalformed("TPMT_PUBLIC", 0, "RSA key with an empty modulus")
-        return rsa.RSAPublicNumbers(
-            public.exponent, int.from_bytes(public.modulus, "big")
-        ).public_key()
+        try:
+            return rsa.RSAPublicNumbers(
+                public.exponent, int.from_bytes(public.modulus, "big")
+            ).public_key()
+        except ValueError as exc:
+            raise TpmStructureMalformed("TPMT_PUBLIC", 0, f"RSA key is invalid: {exc}") from None
     curve = _CURVES.get(public.curve)
     if curve is None:
         raise TpmStructureMalformed(
@@ -149,8 +152,9 @@ def ak_problems(public: PublicArea) -> list[str]:
         problems.append(f"missing attributes {_flag_names(missing)}")
     if attributes & AK_FORBIDDEN:
         problems.append("has the decrypt attribute")
-    if public.type == Alg.RSA and public.key_bits < 2048:
-        problems.append(f"RSA key of {public.key_bits} bits (at least 2048)")
+    rsa_bits = min(public.key_bits, len(public.modulus) * 8)
+    if public.type == Alg.RSA and rsa_bits < 2048:
+        problems.append(f"RSA key of {rsa_bits} bits (at least 2048)")
     if public.type == Alg.ECC and public.curve not in _CURVES:
         problems.append(f"ECC curve 0x{public.curve:04x} is not supported")
     allowed: dict[int, tuple[int, ...]] = {

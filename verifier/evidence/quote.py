@@ -95,10 +95,10 @@ class PcrValues:
 
 
 def _pcr_index(index: object) -> int:
-    try:
-        value = int(str(index))
-    except ValueError:
-        raise TpmStructureMalformed("PCR values", 0, f"PCR index {index!r}") from None
+    text = str(index)
+    if not (text.isascii() and text.isdigit() and len(text) <= 2):
+        raise TpmStructureMalformed("PCR values", 0, f"PCR index {index!r}")
+    value = int(text)
     if not 0 <= value < 32:
         raise TpmStructureMalformed("PCR values", 0, f"PCR index {value} out of range")
     return value
@@ -292,9 +292,15 @@ def check_magic_and_type(
 
 def check_nonce(record: NonceRecord | None, extra_data: bytes, node_id: str, now: datetime) -> None:
     """extraData must be a nonce issued to this node, unused and unexpired."""
-    if record is None or not hmac.compare_digest(record.value, extra_data):
+    if record is None:
         raise NonceUnknown(
             f"extraData {extra_data.hex() or '(empty)'} was not issued by this verifier",
+            node_id=node_id,
+        )
+    if not hmac.compare_digest(record.value, extra_data):
+        raise NonceUnknown(
+            f"extraData {extra_data.hex() or '(empty)'} is not the nonce issued, "
+            f"{record.value.hex()}",
             node_id=node_id,
         )
     if record.node_id != node_id:
@@ -348,11 +354,21 @@ def check_pcr_digest(
         ) from None
     parts = []
     for bank in quote_info.pcr_selection.banks:
-        values = pcr_values.banks.get(HashAlg(bank.hash_alg), {})
+        if not bank.pcrs:
+            continue  # an empty selection contributes nothing to pcrDigest
+        try:
+            bank_alg = HashAlg(bank.hash_alg)
+        except ValueError:
+            raise PcrSelectionMismatch(
+                f"quote selects PCRs in bank 0x{bank.hash_alg:04x}, which this verifier "
+                "does not support",
+                node_id=node_id,
+            ) from None
+        values = pcr_values.banks.get(bank_alg, {})
         for pcr in bank.pcrs:
             if pcr not in values:
                 raise PcrSelectionMismatch(
-                    f"no value supplied for quoted PCR {bank.bank.bank_name}:{pcr}", node_id=node_id
+                    f"no value supplied for quoted PCR {bank_alg.bank_name}:{pcr}", node_id=node_id
                 )
             parts.append(values[pcr])
     actual = digest_alg.digest(b"".join(parts))

@@ -269,12 +269,19 @@ def read_pcr_selection(reader: Reader) -> PcrSelection:
 
 
 def marshal_pcr_selection(selection: PcrSelection, size_of_select: int = 3) -> bytes:
+    """Marshal with at least `size_of_select` bitmap bytes (3 on PC Client TPMs), more
+    when a bank selects PCR 24 or above."""
     out = [len(selection.banks).to_bytes(4, "big")]
     for bank in selection.banks:
-        bitmap = bytearray(size_of_select)
+        size = max([size_of_select, *(pcr // 8 + 1 for pcr in bank.pcrs)])
+        if size > MAX_PCR_SELECT_BYTES:
+            raise ValueError(
+                f"PCR {max(bank.pcrs)} is beyond the {MAX_PCR_SELECT_BYTES * 8} a TPM has"
+            )
+        bitmap = bytearray(size)
         for pcr in bank.pcrs:
             bitmap[pcr // 8] |= 1 << (pcr % 8)
-        out.append(struct.pack(">HB", bank.hash_alg, size_of_select) + bytes(bitmap))
+        out.append(struct.pack(">HB", bank.hash_alg, size) + bytes(bitmap))
     return b"".join(out)
 
 
@@ -339,7 +346,7 @@ def parse_attest(buf: bytes) -> Attest:
     magic = reader.u32("magic")
     attest_type = reader.u16("type")
     qualified_signer = reader.tpm2b("qualifiedSigner", 2 + 64)
-    extra_data = reader.tpm2b("extraData", 64)
+    extra_data = reader.tpm2b("extraData", 2 + 64)  # TPM2B_DATA: sizeof(TPMT_HA)
     clock_info = ClockInfo(
         clock=reader.u64("clockInfo.clock"),
         reset_count=reader.u32("clockInfo.resetCount"),
@@ -465,6 +472,7 @@ class PublicArea:
     symmetric: SymDef
     scheme: int
     scheme_hash: int
+    scheme_count: int = 0  # ECDAA only
     # RSA
     key_bits: int = 0
     exponent: int = 0
@@ -472,6 +480,7 @@ class PublicArea:
     # ECC
     curve: int = 0
     kdf: int = 0
+    kdf_hash: int = 0
     x: bytes = b""
     y: bytes = b""
 
@@ -482,10 +491,13 @@ class PublicArea:
     @property
     def name(self) -> bytes:
         """TPM2B_NAME payload: nameAlg || H_nameAlg(TPMT_PUBLIC) (Part 1, 16)."""
+        if not self.raw:
+            raise TpmStructureMalformed("TPMT_PUBLIC", 0, "a bare public key has no TPM name")
         return self.name_alg.to_bytes(2, "big") + HashAlg(self.name_alg).digest(self.raw)
 
 
 MAX_PUBLIC_BYTES = 1024
+_SCHEMES_WITHOUT_HASH = (Alg.NULL, Alg.RSAES)
 
 
 def parse_public(buf: bytes) -> PublicArea:
@@ -509,11 +521,13 @@ def parse_public(buf: bytes) -> PublicArea:
     auth_policy = reader.tpm2b("authPolicy", 64)
     symmetric = _read_sym_def(reader)
     scheme = reader.u16("scheme")
-    scheme_hash = 0
-    if scheme != Alg.NULL:
+    scheme_hash = scheme_count = 0
+    # Every scheme's details start with a hashAlg except NULL and RSAES, whose
+    # TPMS_ENC_SCHEME_RSAES is empty (Part 2, 11.2.3.2); ECDAA adds a count.
+    if scheme not in _SCHEMES_WITHOUT_HASH:
         scheme_hash = reader.u16("scheme.hashAlg")
         if scheme == Alg.ECDAA:
-            reader.u16("scheme.count")
+            scheme_count = reader.u16("scheme.count")
     if key_type == Alg.RSA:
         key_bits = reader.u16("keyBits")
         exponent = reader.u32("exponent") or 65537  # Part 2, 12.2.3.5: zero means 2^16+1
@@ -528,6 +542,7 @@ def parse_public(buf: bytes) -> PublicArea:
             symmetric,
             scheme,
             scheme_hash,
+            scheme_count,
             key_bits=key_bits,
             exponent=exponent,
             modulus=modulus,
@@ -535,8 +550,7 @@ def parse_public(buf: bytes) -> PublicArea:
     if key_type == Alg.ECC:
         curve = reader.u16("curveID")
         kdf = reader.u16("kdf.scheme")
-        if kdf != Alg.NULL:
-            reader.u16("kdf.hashAlg")
+        kdf_hash = reader.u16("kdf.hashAlg") if kdf != Alg.NULL else 0
         x = reader.tpm2b("unique.ecc.x", 66)
         y = reader.tpm2b("unique.ecc.y", 66)
         reader.end()
@@ -549,8 +563,10 @@ def parse_public(buf: bytes) -> PublicArea:
             symmetric,
             scheme,
             scheme_hash,
+            scheme_count,
             curve=curve,
             kdf=kdf,
+            kdf_hash=kdf_hash,
             x=x,
             y=y,
         )
@@ -574,12 +590,16 @@ def marshal_public(public: PublicArea) -> bytes:
     if public.symmetric.algorithm != Alg.NULL:
         out.append(struct.pack(">HH", public.symmetric.key_bits, public.symmetric.mode))
     out.append(struct.pack(">H", public.scheme))
-    if public.scheme != Alg.NULL:
+    if public.scheme not in _SCHEMES_WITHOUT_HASH:
         out.append(struct.pack(">H", public.scheme_hash))
+        if public.scheme == Alg.ECDAA:
+            out.append(struct.pack(">H", public.scheme_count))
     if public.type == Alg.RSA:
         exponent = 0 if public.exponent == 65537 else public.exponent
         out.append(struct.pack(">HI", public.key_bits, exponent) + tpm2b(public.modulus))
     else:
         out.append(struct.pack(">HH", public.curve, public.kdf))
+        if public.kdf != Alg.NULL:
+            out.append(struct.pack(">H", public.kdf_hash))
         out.append(tpm2b(public.x) + tpm2b(public.y))
     return b"".join(out)
