@@ -26,7 +26,10 @@ EXPECTED_REFUSALS = {
 def test_sim_demo_json() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "lightgate", "sim", "demo", "--json"],
-        capture_output=True, text=True, timeout=240, check=False,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
         env={**os.environ, "NO_COLOR": "1"},
     )
     assert done.returncode == 0, done.stderr
@@ -48,7 +51,10 @@ def test_sim_demo_json() -> None:
 def test_sim_run_unknown_scenario_is_one_error_line() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "lightgate", "sim", "run", "--nodes", "1", "--scenario", "nope"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 1
     assert done.stderr.startswith("error: unknown scenario(s): nope")

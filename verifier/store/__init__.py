@@ -1,0 +1,25 @@
+"""The verifier's persistent store (SQLAlchemy + Alembic; SQLite or PostgreSQL).
+
+store = Store.open("sqlite:///var/lib/lightgate/verifier.db")  # migrates, then opens
+"""
+
+from verifier.store.errors import EnrollmentNotPending, StoreError, StoreInconsistent, UnknownNode
+from verifier.store.records import (
+    AttestationRecord,
+    NodeRecord,
+    PendingEnrollment,
+    ResultRecord,
+)
+from verifier.store.store import Store
+
+__all__ = [
+    "AttestationRecord",
+    "EnrollmentNotPending",
+    "NodeRecord",
+    "PendingEnrollment",
+    "ResultRecord",
+    "Store",
+    "StoreError",
+    "StoreInconsistent",
+    "UnknownNode",
+]

@@ -539,8 +539,8 @@ SHA256_ZERO = "00" * 32
         ({"sha256": {"32": SHA256_ZERO}}, "PCR index 32 out of range"),
     ],
     ids=["not-object", "bank-not-object", "unknown-bank", "bad-hex", "odd-hex", "null",
-         "short", "sha256-in-sha1", "index-word", "index-empty", "index-negative", "index-underscore",
-         "index-32"],
+         "short", "sha256-in-sha1", "index-word", "index-empty", "index-negative",
+         "index-underscore", "index-32"],
 )  # fmt: skip
 def test_pcr_values_from_json_refuses(document, detail) -> None:
     with pytest.raises(TpmStructureMalformed) as caught:
