@@ -1,0 +1,269 @@
+"""The verifier's tables, as typed declarative models.
+
+The store reads and writes them with Core statements (`queries.py`); these classes exist
+for the schema (Alembic compares them with `migrations/versions/`) and for typed columns.
+Any change here needs a new migration: `tests/unit/verifier/store/test_store_migrations.py`
+fails while models and migrations differ.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from verifier.store.records import KEY_ACTIVE, KEY_KINDS, KEY_STATES, NODE_STATES, RESULT_STATUSES
+
+# Deterministic constraint names, so that migrations name the same objects on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+NODE_ID_LENGTH = 255
+_UINT64 = 1 << 64
+_INT64_MAX = (1 << 63) - 1
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, stored as naive UTC (microseconds kept).
+
+    Naive TIMESTAMP columns compare and sort identically on SQLite (fixed-width ISO text)
+    and PostgreSQL, and no session time zone can shift them.  A naive datetime handed in
+    is refused rather than guessed at.
+    """
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()} given to the store; use UTC")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+class Uint64(TypeDecorator[int]):
+    """A UINT64 (TPMS_CLOCK_INFO.clock) in a signed BIGINT, by two's complement.
+
+    The TPM owner can move the clock forward to any value (TPM2_ClockSet, Part 3, 29.2),
+    so values past 2**63 - 1 are possible and must not fail the insert.  Ordinary values
+    are stored unchanged; the SQL never compares these columns, Python does.
+    """
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: int | None, dialect: Dialect) -> int | None:
+        if value is None:
+            return None
+        if not 0 <= value < _UINT64:
+            raise ValueError(f"{value} is not a UINT64")
+        return value - _UINT64 if value > _INT64_MAX else value
+
+    def process_result_value(self, value: int | None, dialect: Dialect) -> int | None:
+        if value is None:
+            return None
+        return value + _UINT64 if value < 0 else value
+
+
+# BIGINT keys on PostgreSQL (evidence grows by ~10^8 rows a day at 10^5 nodes); SQLite
+# assigns row ids only to a column declared exactly INTEGER PRIMARY KEY.
+RowId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    listed = ", ".join(f"'{value}'" for value in values)
+    return f"{column} IN ({listed})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), bytes: LargeBinary()}
+
+
+class Node(Base):
+    """One node; its keys are rows of `keys`.  last_* come from the last accepted quote."""
+
+    __tablename__ = "nodes"
+    __table_args__ = (
+        CheckConstraint(_one_of("state", NODE_STATES), name="state"),
+        # The clock baseline is one TPMS_CLOCK_INFO: all of it or none of it.
+        CheckConstraint(
+            "(last_clock IS NULL AND last_reset_count IS NULL"
+            " AND last_restart_count IS NULL AND last_clock_safe IS NULL)"
+            " OR (last_clock IS NOT NULL AND last_reset_count IS NOT NULL"
+            " AND last_restart_count IS NOT NULL AND last_clock_safe IS NOT NULL)",
+            name="last_clock_whole",
+        ),
+    )
+
+    node_id: Mapped[str] = mapped_column(String(NODE_ID_LENGTH), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    enrolled_at: Mapped[datetime | None]
+    last_clock: Mapped[int | None] = mapped_column(Uint64())
+    last_reset_count: Mapped[int | None] = mapped_column(BigInteger)
+    last_restart_count: Mapped[int | None] = mapped_column(BigInteger)
+    last_clock_safe: Mapped[bool | None]
+    last_attested_at: Mapped[datetime | None]
+    last_status: Mapped[str | None] = mapped_column(String(32))
+    reboots: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+
+
+class Key(Base):
+    """An EK or AK public area of one node.
+
+    `fingerprint` identifies the key within its node and kind: the caller's EK
+    fingerprint for EKs, the hex TPM name for AKs.
+    """
+
+    __tablename__ = "keys"
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", KEY_KINDS), name="kind"),
+        CheckConstraint(_one_of("state", KEY_STATES), name="state"),
+        UniqueConstraint("node_id", "kind", "fingerprint"),
+        # At most one active key of each kind per node: the AK quotes are checked under.
+        Index(
+            "uq_keys_active",
+            "node_id",
+            "kind",
+            unique=True,
+            sqlite_where=text(f"state = '{KEY_ACTIVE}'"),
+            postgresql_where=text(f"state = '{KEY_ACTIVE}'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.node_id"))
+    kind: Mapped[str] = mapped_column(String(8))
+    state: Mapped[str] = mapped_column(String(8))
+    fingerprint: Mapped[str] = mapped_column(String(255))
+    public: Mapped[bytes]
+    name: Mapped[bytes | None]
+    certificate: Mapped[bytes | None]
+    created_at: Mapped[datetime]
+    activated_at: Mapped[datetime | None]
+    retired_at: Mapped[datetime | None]
+
+
+class PendingEnrollmentRow(Base):
+    """The open credential challenge of a node (at most one)."""
+
+    __tablename__ = "pending_enrollments"
+
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.node_id"), primary_key=True)
+    ek_key_id: Mapped[int] = mapped_column(ForeignKey("keys.id"))
+    ak_key_id: Mapped[int] = mapped_column(ForeignKey("keys.id"))
+    secret_digest: Mapped[bytes]
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+
+class JoinToken(Base):
+    """A one-time enrollment token, kept only as its digest."""
+
+    __tablename__ = "join_tokens"
+
+    token_digest: Mapped[bytes] = mapped_column(primary_key=True)
+    note: Mapped[str] = mapped_column(Text, server_default=text("''"))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    # No foreign key: the token is spent before the node it admits has a row.
+    used_by: Mapped[str | None] = mapped_column(String(NODE_ID_LENGTH))
+    used_at: Mapped[datetime | None]
+
+
+class Nonce(Base):
+    """A challenge nonce issued to one node; single use, expires."""
+
+    __tablename__ = "nonces"
+
+    value: Mapped[bytes] = mapped_column(primary_key=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.node_id"), index=True)
+    issued_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    used_at: Mapped[datetime | None]
+
+
+class Evidence(Base):
+    """A quote as received, kept so that an auditor can verify its result again."""
+
+    __tablename__ = "evidence"
+    __table_args__ = (Index(None, "node_id", "received_at"),)
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.node_id"))
+    received_at: Mapped[datetime]
+    nonce: Mapped[bytes]
+    quote_message: Mapped[bytes]
+    quote_signature: Mapped[bytes]
+    pcr_values: Mapped[dict[str, dict[str, str]]] = mapped_column(JSON)
+    peer: Mapped[str] = mapped_column(String(255))
+
+
+class Result(Base):
+    """The verdict on one piece of evidence."""
+
+    __tablename__ = "results"
+    __table_args__ = (
+        CheckConstraint(_one_of("status", RESULT_STATUSES), name="status"),
+        Index(None, "node_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.node_id"))
+    evidence_id: Mapped[int] = mapped_column(ForeignKey("evidence.id"), unique=True)
+    status: Mapped[str] = mapped_column(String(32))
+    failed_checks: Mapped[list[str]] = mapped_column(JSON)
+    reason: Mapped[str | None] = mapped_column(Text)
+    rebooted: Mapped[bool]
+    created_at: Mapped[datetime]
+
+
+metadata = Base.metadata
+
+
+def _table(model: type[Base]) -> Table:
+    table = model.__table__
+    if not isinstance(table, Table):  # declarative builds a Table for each model above
+        raise TypeError(f"{model.__name__} is not mapped to a Table")
+    return table
+
+
+# The tables, for Core statements (queries.py).
+NODES = _table(Node)
+KEYS = _table(Key)
+PENDING_ENROLLMENTS = _table(PendingEnrollmentRow)
+JOIN_TOKENS = _table(JoinToken)
+NONCES = _table(Nonce)
+EVIDENCE = _table(Evidence)
+RESULTS = _table(Result)

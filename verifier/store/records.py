@@ -1,0 +1,107 @@
+"""What the store hands in and out: frozen dataclasses, never ORM objects.
+
+Every datetime is timezone-aware UTC, in and out.  Nonces come back as
+`verifier.evidence.quote.NonceRecord` and clocks as `verifier.evidence.tpm_structures.ClockInfo`,
+the types the quote checks already take.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from verifier.evidence.tpm_structures import ClockInfo
+
+# Node states: 'pending' until the first credential activation completes, then 'enrolled'.
+NODE_PENDING = "pending"
+NODE_ENROLLED = "enrolled"
+NODE_STATES = (NODE_PENDING, NODE_ENROLLED)
+
+# Key kinds and states.  A key is 'pending' only while a pending enrollment names it,
+# 'active' once bound to the node (at most one active key of each kind per node), and
+# 'retired' when a later enrollment replaced it.
+KEY_EK = "ek"
+KEY_AK = "ak"
+KEY_KINDS = (KEY_EK, KEY_AK)
+KEY_PENDING = "pending"
+KEY_ACTIVE = "active"
+KEY_RETIRED = "retired"
+KEY_STATES = (KEY_PENDING, KEY_ACTIVE, KEY_RETIRED)
+
+# EAR statuses (draft-ietf-rats-ear, ear.status).  Only 'affirming' moves a node's clock.
+STATUS_AFFIRMING = "affirming"
+RESULT_STATUSES = ("affirming", "warning", "contraindicated", "none")
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """A node as the store knows it: identity keys, enrollment and attestation state."""
+
+    node_id: str
+    state: str
+    ek_certificate: bytes | None
+    ek_public: bytes
+    ek_fingerprint: str
+    ak_public: bytes | None
+    ak_name: bytes | None
+    created_at: datetime
+    enrolled_at: datetime | None
+    last_clock: ClockInfo | None
+    last_attested_at: datetime | None
+    last_status: str | None
+    reboots: int
+
+
+@dataclass(frozen=True)
+class PendingEnrollment:
+    """A credential challenge sent to a node and not yet answered.
+
+    `secret_digest` is SHA-256 of the credential secret: the store never holds the
+    secret itself, so reading the database does not let anyone answer the challenge.
+    """
+
+    node_id: str
+    ek_certificate: bytes | None
+    ek_public: bytes
+    ek_fingerprint: str
+    ak_public: bytes
+    ak_name: bytes
+    secret_digest: bytes
+    created_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class AttestationRecord:
+    """One appraised quote: the evidence as received and the verdict on it.
+
+    `clock` is the quote's TPMS_CLOCK_INFO, set when the quote was accepted; an
+    'affirming' record must carry it, since it becomes the node's counter baseline.
+    """
+
+    node_id: str
+    received_at: datetime
+    nonce: bytes
+    quote_message: bytes
+    quote_signature: bytes
+    pcr_values: dict[str, dict[str, str]]
+    peer: str
+    status: str
+    failed_checks: tuple[str, ...]
+    reason: str | None
+    clock: ClockInfo | None
+    rebooted: bool
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """A stored verdict; `evidence_id` names the evidence it judged (for re-verification)."""
+
+    id: int
+    node_id: str
+    evidence_id: int
+    status: str
+    failed_checks: tuple[str, ...]
+    reason: str | None
+    rebooted: bool
+    created_at: datetime
