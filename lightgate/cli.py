@@ -229,7 +229,11 @@ def _check_quote_files(
 
 def _run_sim(plan: list[str], as_json: bool, workdir: Path | None) -> None:
     from lightgate.sim.fleet import run_fleet
+    from lightgate.sim.scenarios import check_plan
+    from lightgate.sim.swtpm import require_tools
 
+    check_plan(plan)
+    require_tools()
     if as_json:
         results = run_fleet(plan, workdir=workdir)
         document = {
@@ -345,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         command(args=argv, prog_name="attest")
     except known as exc:
         reason = getattr(exc, "reason", None) or str(exc)
-        err.print(f"error: {reason}", highlight=False, markup=False)
+        print(f"error: {' '.join(str(reason).split())}", file=sys.stderr)
         sys.exit(1)
 
 

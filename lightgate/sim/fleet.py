@@ -20,7 +20,7 @@ import grpc
 from attestor.agent import Agent
 from attestor.tpm import Tpm, TpmError
 from lightgate.config import AgentConfig, AttestationConfig, EnrollmentConfig, VerifierConfig
-from lightgate.sim.scenarios import SCENARIOS, Environment, Verdict
+from lightgate.sim.scenarios import SCENARIOS, Environment, Verdict, check_plan
 from lightgate.sim.swtpm import SimulatorCA, Swtpm, provision, require_tools
 from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
 from verifier.server import start_verifier
@@ -73,11 +73,7 @@ def run_fleet(
 ) -> list[NodeResult]:
     """Run one node per entry of `plan` (scenario names); return their verdicts."""
     require_tools()
-    unknown = [name for name in plan if name not in SCENARIOS]
-    if unknown:
-        raise ValueError(
-            f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}"
-        )
+    check_plan(plan)
     note = progress or (lambda _msg: None)
     scenarios = [SCENARIOS[name] for name in plan]
     with _workdir(workdir) as root, contextlib.ExitStack() as stack:

@@ -171,4 +171,13 @@ SCENARIOS: dict[str, Scenario] = {
     )
 }
 
+
+def check_plan(plan: list[str]) -> None:
+    unknown = [name for name in plan if name not in SCENARIOS]
+    if unknown:
+        raise ValueError(
+            f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}"
+        )
+
+
 DEMO_PLAN = ["good", "good", "good", *[name for name in SCENARIOS if name != "good"]]
