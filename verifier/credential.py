@@ -24,7 +24,8 @@ except ImportError:  # pragma: no cover - older cryptography
     from cryptography.hazmat.primitives.ciphers.modes import CFB
 
 from verifier.evidence.keys import public_key
-from verifier.evidence.tpm_structures import Alg, HashAlg, PublicArea, tpm2b
+from verifier.evidence.tpm_public import PublicArea
+from verifier.evidence.tpm_structures import Alg, HashAlg, tpm2b
 
 
 class CredentialError(Exception):

@@ -32,7 +32,7 @@ from verifier.errors import (
 )
 from verifier.evidence.errors import TpmStructureMalformed
 from verifier.evidence.keys import ak_problems, public_key, spki_der
-from verifier.evidence.tpm_structures import PublicArea
+from verifier.evidence.tpm_public import PublicArea
 
 MAX_CHAIN_DEPTH = 8
 

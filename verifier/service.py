@@ -52,7 +52,8 @@ from verifier.evidence.quote import (
     authenticate_quote,
     verify_authenticated_quote,
 )
-from verifier.evidence.tpm_structures import ClockInfo, PcrSelection, PublicArea, parse_public
+from verifier.evidence.tpm_public import PublicArea, parse_public
+from verifier.evidence.tpm_structures import ClockInfo, PcrSelection
 from verifier.store import AttestationRecord, NodeRecord, PendingEnrollment, Store
 
 log = logging.getLogger("lightgate.verifier")

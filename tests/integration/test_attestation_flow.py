@@ -17,7 +17,7 @@ from attestor.tpm import Tpm, TpmError
 from lightgate.config import EnrollmentConfig
 from lightgate.wire.v1 import attestation_pb2 as pb
 from verifier.evidence.keys import spki_der
-from verifier.evidence.tpm_structures import parse_public
+from verifier.evidence.tpm_public import parse_public
 
 SwtpmFactory = VerifierFactory = AgentFactory = VerifierHandle = Any
 

@@ -8,15 +8,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from verifier.evidence.errors import TpmStructureMalformed
-from verifier.evidence.tpm_structures import (
-    Alg,
+from verifier.evidence.tpm_public import (
     EccCurve,
-    HashAlg,
     ObjectAttributes,
     PublicArea,
     SymDef,
     parse_public,
 )
+from verifier.evidence.tpm_structures import Alg, HashAlg
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -57,12 +57,11 @@ class Store:
     def open(cls, url: str | URL) -> Store:
         """Migrate the database at `url` to the newest schema (`upgrade head`), then open it."""
         store = cls(url)
-        try:
+        with ExitStack() as on_failure:
+            on_failure.callback(store.close)
             with store._serial:
                 upgrade(store._engine)
-        except BaseException:
-            store.close()
-            raise
+            on_failure.pop_all()
         return store
 
     def close(self) -> None:

@@ -27,17 +27,15 @@ from tpm2_pytss.types import TPMT_PUBLIC
 from tpm2_pytss.utils import make_credential as pytss_make_credential
 
 from verifier.credential import Credential, CredentialError, kdfa, kdfe, make_credential
-from verifier.evidence.tpm_structures import (
-    Alg,
+from verifier.evidence.tpm_public import (
     EccCurve,
-    HashAlg,
     ObjectAttributes,
     PublicArea,
     SymDef,
     marshal_public,
     parse_public,
-    tpm2b,
 )
+from verifier.evidence.tpm_structures import Alg, HashAlg, tpm2b
 
 try:  # cryptography >= 47 moved CFB among the "decrepit" modes
     from cryptography.hazmat.decrepit.ciphers.modes import CFB

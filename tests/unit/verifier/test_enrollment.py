@@ -30,7 +30,8 @@ from verifier.errors import (
     EkPublicMismatch,
 )
 from verifier.evidence.keys import public_area_from_key, spki_der
-from verifier.evidence.tpm_structures import Alg, HashAlg, ObjectAttributes, PublicArea
+from verifier.evidence.tpm_public import ObjectAttributes, PublicArea
+from verifier.evidence.tpm_structures import Alg, HashAlg
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

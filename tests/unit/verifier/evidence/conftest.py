@@ -22,20 +22,22 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from verifier.evidence.keys import AK_REQUIRED, AttestationKey
 from verifier.evidence.quote import NonceRecord, PcrValues, Quote, QuoteExpectations
+from verifier.evidence.tpm_public import (
+    EccCurve,
+    ObjectAttributes,
+    PublicArea,
+    SymDef,
+    marshal_public,
+    parse_public,
+)
 from verifier.evidence.tpm_structures import (
     Alg,
     Attest,
-    EccCurve,
     HashAlg,
-    ObjectAttributes,
     PcrSelection,
-    PublicArea,
     Signature,
-    SymDef,
     marshal_attest,
-    marshal_public,
     parse_attest,
-    parse_public,
 )
 
 QUOTES_DIR = Path(__file__).resolve().parents[3] / "data" / "quotes"

@@ -15,17 +15,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from verifier.evidence.errors import TpmStructureMalformed
 from verifier.evidence.keys import AttestationKey, ak_problems, public_area_from_key, spki_der
-from verifier.evidence.tpm_structures import (
-    Alg,
+from verifier.evidence.tpm_public import (
     EccCurve,
-    HashAlg,
     ObjectAttributes,
     PublicArea,
     SymDef,
     marshal_public,
     parse_public,
-    tpm2b,
 )
+from verifier.evidence.tpm_structures import Alg, HashAlg, tpm2b
 
 ECC = "ecc-p256-ecdsa-sha256-sha256-all"
 RSA = "rsa2048-rsassa-sha256-sha256-all"

@@ -34,6 +34,7 @@ from verifier.evidence.errors import (
     TpmStructureMalformed,
 )
 from verifier.evidence.quote import PcrValues, Quote, check_signature, verify_quote
+from verifier.evidence.tpm_public import parse_public
 from verifier.evidence.tpm_structures import (
     TPM_GENERATED_VALUE,
     Alg,
@@ -45,7 +46,6 @@ from verifier.evidence.tpm_structures import (
     PcrSelection,
     Signature,
     marshal_signature,
-    parse_public,
 )
 
 NODE = "node-a"  # = conftest.NODE, the node RecordedQuote.expectations() names

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from tpm2_pytss.types import TPMS_ATTEST, TPMT_PUBLIC, TPMT_SIGNATURE
 
 from verifier.evidence.errors import TpmStructureMalformed
+from verifier.evidence.tpm_public import EccCurve, PublicArea, SymDef, marshal_public, parse_public
 from verifier.evidence.tpm_structures import (
     MAX_PCR_BANKS,
     TPM_GENERATED_VALUE,
@@ -26,21 +27,16 @@ from verifier.evidence.tpm_structures import (
     AttestType,
     CertifyInfo,
     ClockInfo,
-    EccCurve,
     HashAlg,
     PcrBankSelection,
     PcrSelection,
-    PublicArea,
     QuoteInfo,
     Reader,
     Signature,
-    SymDef,
     marshal_attest,
     marshal_pcr_selection,
-    marshal_public,
     marshal_signature,
     parse_attest,
-    parse_public,
     parse_signature,
     read_pcr_selection,
     tpm2b,

@@ -1,0 +1,85 @@
+"""The benchmarks run end to end and print the documented JSON shape (never timings).
+
+Each script runs as a subprocess with `--quick --json --no-baseline`: real swtpm quotes,
+and for attest_rpc a real verifier process on SQLite with real agents.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BENCHMARKS = REPO / "benchmarks"
+
+pytestmark = [
+    pytest.mark.swtpm,
+    pytest.mark.skipif(
+        shutil.which("swtpm") is None or shutil.which("swtpm_setup") is None,
+        reason="swtpm is not installed (run `make setup`)",
+    ),
+]
+
+STATS_KEYS = {"median_us", "p95_us", "ops_per_s", "n"}
+
+
+def run_benchmark(name: str, *extra: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick", "--json", "--no-baseline",
+         *extra],
+        capture_output=True, text=True, timeout=240, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, f"stdout must be exactly one JSON object: {done.stdout[:500]!r}"
+    document = json.loads(lines[0])
+    assert isinstance(document, dict)
+    return document
+
+
+def check_shape(document: dict[str, object], name: str, ops: set[str]) -> None:
+    assert document["benchmark"] == name
+    machine = document["machine"]
+    assert isinstance(machine, dict)
+    assert machine["cpu_model"] and machine["cores"] >= 1 and machine["python"]
+    versions = machine["versions"]
+    assert isinstance(versions, dict)
+    for package in ("cryptography", "grpcio", "sqlalchemy"):
+        assert versions[package], package
+    results = document["results"]
+    assert isinstance(results, dict)
+    assert ops <= set(results), sorted(ops - set(results))
+    for op, stats in results.items():
+        assert set(stats) >= STATS_KEYS, op
+        for key in STATS_KEYS:
+            value = stats[key]
+            assert isinstance(value, int | float) and value > 0, (op, key, value)
+        assert isinstance(stats["n"], int)
+        assert stats["p95_us"] >= stats["median_us"], op
+    # --no-baseline: both present and empty.
+    assert document["baseline"] == {}
+    assert document["ratio"] == {}
+
+
+def test_quote_verify_json_shape() -> None:
+    document = run_benchmark("quote_verify")
+    check_shape(
+        document,
+        "quote_verify",
+        {"parse", "verify_ecc_p256", "verify_rsa2048", "ecdsa_verify_floor"},
+    )
+    checks = document["checks"]
+    assert isinstance(checks, dict) and checks and all(checks.values())
+
+
+def test_attest_rpc_json_shape() -> None:
+    document = run_benchmark("attest_rpc", "--backend", "sqlite")
+    ops = {f"sqlite.{op}" for op in ("challenge", "attest", "round_trip")}
+    check_shape(document, "attest_rpc", ops)
+    for op in ops:
+        assert document["results"][op]["n"] > 0
