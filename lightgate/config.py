@@ -74,7 +74,8 @@ def _default_selection() -> dict[str, list[int]]:
 
 
 class AttestationConfig(BaseModel):
-    nonce_ttl_seconds: float = Field(default=60.0, gt=0)
+    # Nonces carry their lifetime in 3 bytes of milliseconds (verifier/evidence/nonce.py).
+    nonce_ttl_seconds: float = Field(default=60.0, ge=0.001, le=16_000)
     pcr_selection: dict[str, list[int]] = Field(default_factory=_default_selection)
 
     @field_validator("pcr_selection")
@@ -103,7 +104,7 @@ class VerifierConfig(_EnvFirst):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_message_bytes: int = Field(default=1 << 20, gt=1024)
-    workers: int = Field(default=16, ge=1)
+    workers: int = Field(default=8, ge=1)
     enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig)
     attestation: AttestationConfig = Field(default_factory=AttestationConfig)
 

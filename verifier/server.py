@@ -69,7 +69,8 @@ class RunningVerifier:
 
 def start_verifier(config: VerifierConfig) -> RunningVerifier:
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    store = Store.open(config.database())
+    # One connection per gRPC worker, and one for the nonce purger.
+    store = Store.open(config.database(), pool_size=config.workers + 1)
     verifier = Verifier(store, config, load_trust_store(config))
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -45,7 +46,10 @@ from verifier.errors import (
 )
 from verifier.evidence.errors import ChecksFailed, EvidenceError, TpmStructureMalformed
 from verifier.evidence.keys import AttestationKey
+from verifier.evidence.nonce import issued_at as nonce_issued_at
+from verifier.evidence.nonce import mint_nonce, read_nonce
 from verifier.evidence.quote import (
+    NonceRecord,
     PcrValues,
     Quote,
     QuoteExpectations,
@@ -55,12 +59,14 @@ from verifier.evidence.quote import (
 from verifier.evidence.tpm_public import PublicArea, parse_public
 from verifier.evidence.tpm_structures import ClockInfo, PcrSelection
 from verifier.store import AttestationRecord, NodeRecord, PendingEnrollment, Store
+from verifier.store.store import AttestationTransaction
 
 log = logging.getLogger("lightgate.verifier")
 
 NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
-NONCE_BYTES = 32
+NONCE_KEY = "nonce-hmac-sha256"
 CREDENTIAL_BYTES = 32
+ENROLLED_CACHE_SECONDS = 30.0
 
 AFFIRMING = "affirming"
 CONTRAINDICATED = "contraindicated"
@@ -124,6 +130,8 @@ class Verifier:
         self._ak_cache: Callable[[bytes], AttestationKey] = lru_cache(maxsize=1 << 16)(
             AttestationKey.from_bytes
         )
+        self._enrolled_seen: dict[str, float] = {}
+        self._nonce_key = store.shared_secret(NONCE_KEY, lambda: os.urandom(32), clock())
 
     # --- enrollment --------------------------------------------------------------------
 
@@ -227,56 +235,56 @@ class Verifier:
     # --- attestation -------------------------------------------------------------------
 
     def challenge(self, node_id: str) -> NonceChallenge:
-        node = self._enrolled_node(node_id)
+        node_id = self._known_enrolled(node_id)
         now = self._now()
-        nonce = os.urandom(NONCE_BYTES)
-        expires_at = now + self._nonce_ttl
-        self._store.add_nonce(nonce, node.node_id, now, expires_at)
-        return NonceChallenge(nonce, self._selection, expires_at)
+        nonce = mint_nonce(self._nonce_key, node_id, now, self._nonce_ttl, os.urandom(3))
+        return NonceChallenge(nonce, self._selection, now + self._nonce_ttl)
+
+    def _known_enrolled(self, node_id: str) -> str:
+        """Challenges are only for enrolled nodes.  A node seen enrolled recently is not
+        looked up again: the answer can only go stale towards "enrolled" for a node
+        that lost its enrollment since, and that node's attestation reads the store
+        and fails there (closed)."""
+        node_id = _valid_node_id(node_id)
+        seen = self._enrolled_seen.get(node_id)
+        if seen is not None and time.monotonic() - seen < ENROLLED_CACHE_SECONDS:
+            return node_id
+        _require_enrolled(self._store.get_node(node_id), node_id)
+        self._enrolled_seen[node_id] = time.monotonic()
+        return node_id
 
     def attest(
         self, node_id: str, message: bytes, signature: bytes, pcr_values: PcrValues, peer: str = ""
     ) -> AttestOutcome:
-        node = self._enrolled_node(node_id)
-        assert node.ak_public is not None  # _enrolled_node guarantees an active AK
+        """Judge one quote, in one store transaction: the node's row (locked), the
+        nonce spent, evidence and result written together, or nothing at all."""
+        node_id = _valid_node_id(node_id)
         try:
             quote = Quote.parse(message, signature)
         except TpmStructureMalformed as exc:
-            raise MalformedRequest(exc.message, node_id=node.node_id) from None
-        ak = self._ak_cache(node.ak_public)
+            raise MalformedRequest(exc.message, node_id=node_id) from None
         now = self._now()
-        record = AttestationRecord(
-            node_id=node.node_id,
-            received_at=now,
-            nonce=quote.nonce,
-            quote_message=message,
-            quote_signature=signature,
-            pcr_values=pcr_values.to_json(),
-            peer=peer,
-            status=CONTRAINDICATED,
-            failed_checks=(),
-            reason=None,
-            clock=None,
-            rebooted=False,
-        )
-        try:
-            authenticated = authenticate_quote(ak, quote, node.node_id)
-            # The nonce is consumed only once the AK's signature holds, so a forged
-            # message cannot burn a nonce issued to someone else.
-            nonce = self._store.consume_nonce(quote.nonce, node.node_id, now)
-            expectations = QuoteExpectations(
-                node.node_id, nonce, self._selection, node.last_clock, now
+        with self._store.attestation(node_id) as transaction:
+            node = _require_enrolled(transaction.node, node_id)
+            record = AttestationRecord(
+                node_id=node_id,
+                received_at=now,
+                nonce=quote.nonce,
+                quote_message=message,
+                quote_signature=signature,
+                pcr_values=pcr_values.to_json(),
+                peer=peer,
+                status=CONTRAINDICATED,
+                failed_checks=(),
+                reason=None,
+                clock=None,
+                rebooted=False,
             )
-            verified = verify_authenticated_quote(authenticated, pcr_values, expectations)
-        except EvidenceError as refusal:
-            failures = refusal.failures if isinstance(refusal, ChecksFailed) else (refusal,)
-            record = _refused(record, failures)
-        else:
-            record = _accepted(record, verified.clock_info, verified.rebooted)
-        result = self._store.record_attestation(record)
+            record = self._judge(transaction, node, quote, pcr_values, record)
+            result = transaction.record(record)
         _log_decision(
             "attestation",
-            node.node_id,
+            node_id,
             status=record.status,
             checks=list(record.failed_checks),
             rebooted=record.rebooted,
@@ -284,7 +292,7 @@ class Verifier:
             result_id=result.id,
         )
         return AttestOutcome(
-            node.node_id,
+            node_id,
             record.status,
             record.failed_checks,
             record.reason,
@@ -293,14 +301,48 @@ class Verifier:
             now,
         )
 
-    def _enrolled_node(self, node_id: str) -> NodeRecord:
-        node_id = _valid_node_id(node_id)
-        node = self._store.get_node(node_id)
-        if node is None:
-            raise UnknownNode("no such node", node_id=node_id)
-        if node.state != "enrolled" or node.ak_public is None:
-            raise NodeNotEnrolled("node has not activated its AK", node_id=node_id)
-        return node
+    def _judge(
+        self,
+        transaction: AttestationTransaction,
+        node: NodeRecord,
+        quote: Quote,
+        pcr_values: PcrValues,
+        record: AttestationRecord,
+    ) -> AttestationRecord:
+        assert node.ak_public is not None  # _require_enrolled guarantees an active AK
+        ak = self._ak_cache(node.ak_public)
+        try:
+            authenticated = authenticate_quote(ak, quote, node.node_id)
+            # The nonce is spent only once the AK's signature holds, so a forged
+            # message cannot burn a nonce issued to someone else.
+            nonce = self._spend(transaction, quote.nonce, node.node_id, record.received_at)
+            expectations = QuoteExpectations(
+                node.node_id, nonce, self._selection, node.last_clock, record.received_at
+            )
+            verified = verify_authenticated_quote(authenticated, pcr_values, expectations)
+        except EvidenceError as refusal:
+            failures = refusal.failures if isinstance(refusal, ChecksFailed) else (refusal,)
+            return _refused(record, failures)
+        return _accepted(record, verified.clock_info, verified.rebooted)
+
+    def _spend(
+        self, transaction: AttestationTransaction, value: bytes, node_id: str, now: datetime
+    ) -> NonceRecord | None:
+        """Read the nonce; if it is this node's, spend it (whatever else the quote's
+        fate) and say whether an earlier attestation had spent it already."""
+        nonce = read_nonce(self._nonce_key, value, node_id)
+        if nonce is None or nonce.node_id != node_id:
+            return nonce
+        first_use = transaction.spend_nonce(nonce, nonce_issued_at(value), now)
+        return replace(nonce, used=not first_use)
+
+
+def _require_enrolled(node: NodeRecord | None, node_id: str) -> NodeRecord:
+    if node is None:
+        raise UnknownNode("no such node", node_id=node_id)
+    if node.state != "enrolled" or node.ak_public is None:
+        raise NodeNotEnrolled("node has not activated its AK", node_id=node_id)
+    return node
 
 
 def _refused(record: AttestationRecord, failures: tuple[EvidenceError, ...]) -> AttestationRecord:

@@ -8,7 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lightgate.wire.v1 import attestation_pb2 as pb
 from verifier.evidence.errors import TpmStructureMalformed
-from verifier.evidence.quote import PcrValues
+from verifier.evidence.quote import MAX_PCRS, PcrValues
 from verifier.evidence.tpm_structures import HashAlg, PcrSelection
 
 STATUS_TO_WIRE = {
@@ -52,7 +52,23 @@ def pcr_values_to_wire(values: PcrValues) -> list[pb.PcrBankValues]:
 
 
 def pcr_values_from_wire(banks: list[pb.PcrBankValues]) -> PcrValues:
-    """Raises TpmStructureMalformed on unknown banks, bad indices or digest sizes."""
-    return PcrValues.from_json(
-        {bank.hash: {str(i): d.hex() for i, d in bank.values.items()} for bank in banks}
-    )
+    """Raises TpmStructureMalformed on unknown or repeated banks, bad indices or sizes."""
+    values: dict[HashAlg, dict[int, bytes]] = {}
+    for bank in banks:
+        try:
+            alg = HashAlg.from_name(bank.hash)
+        except ValueError as exc:
+            raise TpmStructureMalformed("PcrBankValues", 0, str(exc)) from None
+        if alg in values:
+            raise TpmStructureMalformed("PcrBankValues", 0, f"bank {bank.hash} appears twice")
+        digests = dict(bank.values)
+        for index, digest in digests.items():
+            if index >= MAX_PCRS or len(digest) != alg.digest_size:
+                raise TpmStructureMalformed(
+                    "PcrBankValues",
+                    0,
+                    f"{alg.bank_name}:{index}: index must be < {MAX_PCRS}, "
+                    f"digest {alg.digest_size} bytes (got {len(digest)})",
+                )
+        values[alg] = digests
+    return PcrValues(values)

@@ -242,9 +242,14 @@ def test_nonce_not_issued_by_verifier_is_refused(
 ) -> None:
     agent = _enrolled(make_swtpm, verifier, make_agent)
     challenge = agent.challenge()
-    challenge.nonce = os.urandom(32)
+    forged = bytearray(challenge.nonce)
+    forged[-1] ^= 0x01  # this node's tag and a fresh expiry, but not the verifier's MAC
+    challenge.nonce = bytes(forged)
     response = agent.submit(agent.collect(challenge))
     assert list(response.failed_checks) == ["nonce-unknown"]
+    challenge.nonce = os.urandom(32)  # no tag of this node at all
+    response = agent.submit(agent.collect(challenge))
+    assert list(response.failed_checks) == ["nonce-mismatch"]
 
 
 def test_tampered_pcr_is_refused(

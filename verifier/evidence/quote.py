@@ -94,12 +94,15 @@ class PcrValues:
         return PcrSelection.of({bank: tuple(values) for bank, values in self.banks.items()})
 
 
+MAX_PCRS = 32  # a TPMS_PCR_SELECTION bitmap holds at most 4 bytes
+
+
 def _pcr_index(index: object) -> int:
     text = str(index)
     if not (text.isascii() and text.isdigit() and len(text) <= 2):
         raise TpmStructureMalformed("PCR values", 0, f"PCR index {index!r}")
     value = int(text)
-    if not 0 <= value < 32:
+    if not 0 <= value < MAX_PCRS:
         raise TpmStructureMalformed("PCR values", 0, f"PCR index {value} out of range")
     return value
 
@@ -138,10 +141,13 @@ class Quote:
 
 @dataclass(frozen=True)
 class NonceRecord:
-    """What the verifier's store knows of a nonce, as it was before this attestation."""
+    """A nonce this verifier issued, as it was before this attestation spent it.
+
+    `node_id` is the node it was issued to; None when that is another node than the
+    one presenting it (the nonce names its node only by a tag)."""
 
     value: bytes
-    node_id: str
+    node_id: str | None
     expires_at: datetime
     used: bool
 
@@ -304,9 +310,8 @@ def check_nonce(record: NonceRecord | None, extra_data: bytes, node_id: str, now
             node_id=node_id,
         )
     if record.node_id != node_id:
-        raise NonceMismatch(
-            f"nonce {extra_data.hex()} was issued to node {record.node_id}", node_id=node_id
-        )
+        issued_to = f"node {record.node_id}" if record.node_id else "another node (by its tag)"
+        raise NonceMismatch(f"nonce {extra_data.hex()} was issued to {issued_to}", node_id=node_id)
     if record.used:
         raise NonceReplayed(f"nonce {extra_data.hex()} was already used", node_id=node_id)
     if now >= record.expires_at:

@@ -36,14 +36,18 @@ def is_sqlite_memory(url: URL) -> bool:
     return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
 
 
-def create_store_engine(url: str | URL) -> Engine:
-    """An engine for `url`, with the SQLite settings above when it is SQLite."""
+def create_store_engine(url: str | URL, pool_size: int = 5) -> Engine:
+    """An engine for `url`, with the SQLite settings above when it is SQLite.
+
+    `pool_size`: connections kept open to a server database; give it the number of
+    threads that use the store at once, or connections are opened and closed under load.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         # No pool_pre_ping: it costs a round trip per call (~15% of record_attestation).
         # After a server restart the first call on a dead connection fails, and that
         # failure invalidates the whole pool, so the calls after it reconnect.
-        return create_engine(parsed)
+        return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size)
     if parsed.get_driver_name() != "pysqlite":
         raise StoreError(
             f"SQLite is supported through the sqlite3 module only, not {parsed.drivername}"

@@ -202,8 +202,19 @@ class JoinToken(Base):
     used_at: Mapped[datetime | None]
 
 
+class VerifierSecret(Base):
+    """Keys every verifier replica shares, created once (e.g. the nonce MAC key)."""
+
+    __tablename__ = "verifier_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
 class Nonce(Base):
-    """A challenge nonce issued to one node; single use, expires."""
+    """A spent challenge nonce (nonces are self-authenticating and recorded when the
+    attestation that answers them is; the primary key makes a second spend fail)."""
 
     __tablename__ = "nonces"
 
@@ -265,5 +276,6 @@ KEYS = _table(Key)
 PENDING_ENROLLMENTS = _table(PendingEnrollmentRow)
 JOIN_TOKENS = _table(JoinToken)
 NONCES = _table(Nonce)
+VERIFIER_SECRETS = _table(VerifierSecret)
 EVIDENCE = _table(Evidence)
 RESULTS = _table(Result)

@@ -12,12 +12,30 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection, Executable, Integer, and_, bindparam, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Executable,
+    Integer,
+    Table,
+    and_,
+    bindparam,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 
 from verifier.evidence.tpm_structures import ClockInfo
 from verifier.store.errors import StoreInconsistent
-from verifier.store.models import EVIDENCE, KEYS, NODES, NONCES, PENDING_ENROLLMENTS, RESULTS
+from verifier.store.models import (
+    EVIDENCE,
+    KEYS,
+    NODES,
+    PENDING_ENROLLMENTS,
+    RESULTS,
+    VERIFIER_SECRETS,
+)
 from verifier.store.records import KEY_ACTIVE, KEY_AK, KEY_EK, NodeRecord, ResultRecord
 
 _active_ek = KEYS.alias("active_ek")
@@ -61,6 +79,10 @@ NODES_SELECT = select(
     )
 )
 NODE_BY_ID = NODES_SELECT.where(NODES.c.node_id == bindparam("node_id"))
+# The node row locked for the rest of the transaction (PostgreSQL; SQLite's write
+# transaction already excludes other writers): attestations of one node are serialised,
+# so each compares its counters with the one before.
+NODE_BY_ID_FOR_UPDATE = NODE_BY_ID.with_for_update(of=NODES)
 
 PENDING_BY_NODE = (
     select(
@@ -95,21 +117,22 @@ RESULTS_FOR_NODE = (
     .limit(bindparam("limit", type_=Integer))
 )
 
-# Nonces.
-INSERT_NONCE = insert(NONCES)
-NONCE_BY_VALUE = select(NONCES.c.node_id, NONCES.c.expires_at, NONCES.c.used_at).where(
-    NONCES.c.value == bindparam("value")
+SECRET_BY_NAME = select(VERIFIER_SECRETS.c.secret).where(
+    VERIFIER_SECRETS.c.name == bindparam("name")
 )
-# Spends the nonce only for its own node and only once: whoever's UPDATE matched won.
-SPEND_NONCE = (
-    update(NONCES)
-    .where(
-        NONCES.c.value == bindparam("where_value"),
-        NONCES.c.node_id == bindparam("where_node_id"),
-        NONCES.c.used_at.is_(None),
-    )
-    .values(used_at=bindparam("used_at"))
-)
+
+
+def insert_ignoring_duplicates(dialect: str, table: Table) -> Executable:
+    """INSERT that adds nothing when the primary key exists, without failing the
+    transaction (ON CONFLICT DO NOTHING); it returns the key of a row it added and no
+    row otherwise (psycopg reports no rowcount for it)."""
+    key = list(table.primary_key.columns)
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing().returning(*key)
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing().returning(*key)
+    raise NotImplementedError(f"the store supports SQLite and PostgreSQL, not {dialect}")
+
 
 # The node after an attestation: an affirming one also moves the clock baseline.
 _NODE_WHERE = NODES.c.node_id == bindparam("where_node_id")

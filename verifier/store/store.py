@@ -6,20 +6,21 @@ so the methods are safe to call from many threads at once.  All statements are C
 (`queries.py`, `enrollment.py`); the models only describe the tables.
 
 Single use is decided by the database, never by a read followed by a write in Python:
-join tokens and nonces are spent by a conditional UPDATE, and the caller whose UPDATE
-changed the row is the one that spent it.
+a join token is spent by a conditional UPDATE (the caller whose UPDATE changed the row
+spent it), a nonce by an INSERT that ignores duplicates (the caller whose INSERT added
+the row spent it).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import Connection, Update, delete, update
+from sqlalchemy import Connection, Executable, Update, delete, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError
 
@@ -28,7 +29,7 @@ from verifier.store import enrollment, queries
 from verifier.store.engine import WRITE, create_store_engine, is_sqlite_memory
 from verifier.store.errors import StoreInconsistent, UnknownNode
 from verifier.store.migrate import upgrade
-from verifier.store.models import JOIN_TOKENS, NODES, NONCES
+from verifier.store.models import JOIN_TOKENS, NODES, NONCES, VERIFIER_SECRETS
 from verifier.store.records import (
     STATUS_AFFIRMING,
     AttestationRecord,
@@ -45,8 +46,9 @@ class Store:
     current schema first, which is what the verifier does at start.
     """
 
-    def __init__(self, url: str | URL) -> None:
-        self._engine = create_store_engine(url)
+    def __init__(self, url: str | URL, pool_size: int = 5) -> None:
+        self._engine = create_store_engine(url, pool_size)
+        self._spend_nonce = queries.insert_ignoring_duplicates(self._engine.dialect.name, NONCES)
         # A private in-memory SQLite database is one connection shared by every thread;
         # transactions on it must not interleave.
         self._serial: AbstractContextManager[object] = (
@@ -54,9 +56,9 @@ class Store:
         )
 
     @classmethod
-    def open(cls, url: str | URL) -> Store:
+    def open(cls, url: str | URL, pool_size: int = 5) -> Store:
         """Migrate the database at `url` to the newest schema (`upgrade head`), then open it."""
-        store = cls(url)
+        store = cls(url, pool_size)
         with ExitStack() as on_failure:
             on_failure.callback(store.close)
             with store._serial:
@@ -179,42 +181,18 @@ class Store:
 
     # Nonces
 
-    def add_nonce(
-        self, value: bytes, node_id: str, issued_at: datetime, expires_at: datetime
-    ) -> None:
-        """Record a nonce issued to `node_id`.  Raises UnknownNode for a node not stored."""
-        nonce = {"value": value, "node_id": node_id, "issued_at": issued_at}
-        try:
-            with self._write() as connection:
-                connection.execute(queries.INSERT_NONCE, nonce | {"expires_at": expires_at})
-        except IntegrityError:
-            if self.get_node(node_id) is None:
-                raise UnknownNode(node_id) from None
-            raise
-
-    def consume_nonce(self, value: bytes, node_id: str, now: datetime) -> NonceRecord | None:
-        """The nonce as it was before this call, spending it if `node_id` may.
-
-        None when the nonce was never issued.  The nonce is marked used only when it
-        was issued to `node_id` and unused; of concurrent callers, exactly one sees
-        used=False.  A nonce issued to another node comes back unchanged, for the
-        caller to refuse, and stays usable by its own node.  Expiry is the caller's
-        check: the record carries expires_at.
-        """
+    def shared_secret(self, name: str, make: Callable[[], bytes], now: datetime) -> bytes:
+        """The secret called `name`, created with `make()` by whichever replica asks
+        first; every replica gets the same bytes."""
         with self._write() as connection:
-            row = connection.execute(queries.NONCE_BY_VALUE, {"value": value}).first()
+            row = connection.execute(queries.SECRET_BY_NAME, {"name": name}).first()
             if row is None:
-                return None
-            issued = NonceRecord(value, row.node_id, row.expires_at, row.used_at is not None)
-            if issued.used or issued.node_id != node_id:
-                return issued
-            spent = connection.execute(
-                queries.SPEND_NONCE,
-                {"where_value": value, "where_node_id": node_id, "used_at": now},
-            )
-            # On PostgreSQL a concurrent caller can spend it between our SELECT and UPDATE;
-            # the UPDATE then re-reads the row, matches nothing, and we report it used.
-            return NonceRecord(value, node_id, issued.expires_at, used=spent.rowcount != 1)
+                connection.execute(
+                    queries.insert_ignoring_duplicates(self._engine.dialect.name, VERIFIER_SECRETS),
+                    {"name": name, "secret": make(), "created_at": now},
+                )
+                row = connection.execute(queries.SECRET_BY_NAME, {"name": name}).one()
+            return bytes(row.secret)
 
     def purge_nonces(self, before: datetime) -> int:
         """Delete nonces that expired before `before`; returns how many."""
@@ -231,46 +209,18 @@ class Store:
         Raises UnknownNode for a node not stored, ValueError for an affirming
         attestation without the quote's clock.
         """
-        node_update, node_values = _node_update(attestation)
         with self._write() as connection:
-            if connection.execute(node_update, node_values).rowcount != 1:
-                raise UnknownNode(attestation.node_id)
-            evidence_id = queries.insert_id(
-                connection,
-                queries.INSERT_EVIDENCE,
-                {
-                    "node_id": attestation.node_id,
-                    "received_at": attestation.received_at,
-                    "nonce": attestation.nonce,
-                    "quote_message": attestation.quote_message,
-                    "quote_signature": attestation.quote_signature,
-                    "pcr_values": attestation.pcr_values,
-                    "peer": attestation.peer,
-                },
-            )
-            result_id = queries.insert_id(
-                connection,
-                queries.INSERT_RESULT,
-                {
-                    "node_id": attestation.node_id,
-                    "evidence_id": evidence_id,
-                    "status": attestation.status,
-                    "failed_checks": list(attestation.failed_checks),
-                    "reason": attestation.reason,
-                    "rebooted": attestation.rebooted,
-                    "created_at": attestation.received_at,
-                },
-            )
-        return ResultRecord(
-            id=result_id,
-            node_id=attestation.node_id,
-            evidence_id=evidence_id,
-            status=attestation.status,
-            failed_checks=tuple(attestation.failed_checks),
-            reason=attestation.reason,
-            rebooted=attestation.rebooted,
-            created_at=attestation.received_at,
-        )
+            return _record_attestation(connection, attestation)
+
+    @contextmanager
+    def attestation(self, node_id: str) -> Iterator[AttestationTransaction]:
+        """One transaction for one attestation: read the node (locked), spend the
+        nonce, record the result.  The verifier decides in between; nothing is written
+        unless the block completes."""
+        with self._write() as connection:
+            row = connection.execute(queries.NODE_BY_ID_FOR_UPDATE, {"node_id": node_id}).first()
+            node = None if row is None else queries.node_record(row._mapping)
+            yield AttestationTransaction(connection, node, self._spend_nonce)
 
     def results_for(self, node_id: str, limit: int = 50) -> list[ResultRecord]:
         """The node's newest `limit` results, newest first."""
@@ -279,6 +229,80 @@ class Store:
                 queries.RESULTS_FOR_NODE, {"node_id": node_id, "limit": limit}
             )
             return [queries.result_record(row._mapping) for row in rows]
+
+
+class AttestationTransaction:
+    """The store's side of one attestation, inside `Store.attestation`."""
+
+    def __init__(
+        self, connection: Connection, node: NodeRecord | None, spend_statement: Executable
+    ) -> None:
+        self._connection = connection
+        self._spend = spend_statement
+        self.node = node
+
+    def spend_nonce(self, nonce: NonceRecord, issued_at: datetime, now: datetime) -> bool:
+        """Record `nonce` (issued to this transaction's node) as spent; False when an
+        earlier attestation already spent it.  Decided by the nonces primary key, so of
+        concurrent spenders exactly one gets True."""
+        if nonce.node_id is None:
+            raise ValueError("only a nonce issued to this node can be spent by it")
+        spent = self._connection.execute(
+            self._spend,
+            {
+                "value": nonce.value,
+                "node_id": nonce.node_id,
+                "issued_at": issued_at,
+                "expires_at": nonce.expires_at,
+                "used_at": now,
+            },
+        )
+        return spent.first() is not None
+
+    def record(self, attestation: AttestationRecord) -> ResultRecord:
+        return _record_attestation(self._connection, attestation)
+
+
+def _record_attestation(connection: Connection, attestation: AttestationRecord) -> ResultRecord:
+    node_update, node_values = _node_update(attestation)
+    if connection.execute(node_update, node_values).rowcount != 1:
+        raise UnknownNode(attestation.node_id)
+    evidence_id = queries.insert_id(
+        connection,
+        queries.INSERT_EVIDENCE,
+        {
+            "node_id": attestation.node_id,
+            "received_at": attestation.received_at,
+            "nonce": attestation.nonce,
+            "quote_message": attestation.quote_message,
+            "quote_signature": attestation.quote_signature,
+            "pcr_values": attestation.pcr_values,
+            "peer": attestation.peer,
+        },
+    )
+    result_id = queries.insert_id(
+        connection,
+        queries.INSERT_RESULT,
+        {
+            "node_id": attestation.node_id,
+            "evidence_id": evidence_id,
+            "status": attestation.status,
+            "failed_checks": list(attestation.failed_checks),
+            "reason": attestation.reason,
+            "rebooted": attestation.rebooted,
+            "created_at": attestation.received_at,
+        },
+    )
+    return ResultRecord(
+        id=result_id,
+        node_id=attestation.node_id,
+        evidence_id=evidence_id,
+        status=attestation.status,
+        failed_checks=tuple(attestation.failed_checks),
+        reason=attestation.reason,
+        rebooted=attestation.rebooted,
+        created_at=attestation.received_at,
+    )
 
 
 def _get_node(connection: Connection, node_id: str) -> NodeRecord | None:

@@ -17,7 +17,11 @@ from verifier.store.engine import create_store_engine
 from verifier.store.migrate import alembic_config, upgrade
 from verifier.store.models import metadata
 
-TABLES = {"nodes", "keys", "pending_enrollments", "join_tokens", "nonces", "evidence", "results"}
+HEAD = "0002"
+TABLES = {
+    "nodes", "keys", "pending_enrollments", "join_tokens", "nonces", "evidence", "results",
+    "verifier_secrets",
+}  # fmt: skip
 
 
 def _revision(engine: Engine) -> str | None:
@@ -34,7 +38,7 @@ def test_open_upgrades_an_empty_database_to_head(
     Store.open(database_url).close()
 
     assert set(inspect(db).get_table_names()) == TABLES | {"alembic_version"}
-    assert _revision(db) == "0001"
+    assert _revision(db) == HEAD
 
 
 def test_models_match_the_migrations(store: Store, db: Engine) -> None:
@@ -71,7 +75,7 @@ def test_upgrade_is_idempotent_and_downgrade_empties(
     engine = create_store_engine(database_url)
     try:
         upgrade(engine)  # already at head: nothing to do
-        assert _revision(db) == "0001"
+        assert _revision(db) == HEAD
         with engine.connect() as connection:
             command.downgrade(alembic_config(connection), "base")
             connection.commit()
@@ -102,4 +106,4 @@ def test_replicas_starting_together_migrate_once(database_url: str, db: Engine) 
 
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(start, range(4))) == [[]] * 4
-    assert _revision(db) == "0001"
+    assert _revision(db) == HEAD

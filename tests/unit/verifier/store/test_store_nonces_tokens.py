@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from verifier.evidence.quote import NonceRecord
-from verifier.store import NodeRecord, Store, UnknownNode
+from verifier.store import NodeRecord, Store
 
 Enroll = Callable[..., NodeRecord]
 RACERS = 8
@@ -39,93 +39,81 @@ def nodes(enroll: Enroll) -> None:
     enroll("node-b")
 
 
-# Nonces
+# Nonces: spent inside the attestation's transaction; the primary key decides.
+
+
+def _nonce(value: bytes, node_id: str, now: datetime) -> NonceRecord:
+    return NonceRecord(value, node_id, now + timedelta(seconds=60), used=False)
+
+
+def _spend(store: Store, nonce: NonceRecord, now: datetime) -> bool:
+    assert nonce.node_id is not None
+    with store.attestation(nonce.node_id) as transaction:
+        return transaction.spend_nonce(nonce, now - timedelta(seconds=1), now)
 
 
 @pytest.mark.usefixtures("nodes")
-def test_a_nonce_is_used_once(store: Store, now: datetime) -> None:
-    nonce = secrets.token_bytes(32)
-    expires = now + timedelta(seconds=60)
-    store.add_nonce(nonce, "node-a", now, expires)
-
-    first = store.consume_nonce(nonce, "node-a", now)
-    second = store.consume_nonce(nonce, "node-a", now)
-
-    assert first == NonceRecord(nonce, "node-a", expires, used=False)
-    assert second == NonceRecord(nonce, "node-a", expires, used=True)
+def test_a_nonce_is_spent_once(store: Store, now: datetime, db: Engine) -> None:
+    nonce = _nonce(secrets.token_bytes(32), "node-a", now)
+    assert _spend(store, nonce, now) is True
+    assert _spend(store, nonce, now) is False
+    with db.connect() as connection:
+        rows = connection.execute(text("SELECT node_id, used_at FROM nonces")).all()
+    assert len(rows) == 1 and rows[0].node_id == "node-a" and rows[0].used_at is not None
 
 
 @pytest.mark.usefixtures("nodes")
-def test_a_nonce_never_issued(store: Store, now: datetime) -> None:
-    assert store.consume_nonce(secrets.token_bytes(32), "node-a", now) is None
+def test_a_spend_rolled_back_with_its_attestation_leaves_the_nonce_unspent(
+    store: Store, now: datetime
+) -> None:
+    nonce = _nonce(secrets.token_bytes(32), "node-a", now)
+    with pytest.raises(RuntimeError), store.attestation("node-a") as transaction:
+        assert transaction.spend_nonce(nonce, now, now) is True
+        raise RuntimeError("the verifier failed before recording a result")
+    assert _spend(store, nonce, now) is True
 
 
 @pytest.mark.usefixtures("nodes")
-def test_a_nonce_of_another_node_is_not_consumed(store: Store, now: datetime) -> None:
-    nonce = secrets.token_bytes(32)
-    expires = now + timedelta(seconds=60)
-    store.add_nonce(nonce, "node-a", now, expires)
-
-    stolen = store.consume_nonce(nonce, "node-b", now)
-
-    assert stolen == NonceRecord(nonce, "node-a", expires, used=False)  # caller refuses it
-    assert store.consume_nonce(nonce, "node-a", now) == NonceRecord(
-        nonce, "node-a", expires, used=False
-    )
+def test_only_a_nonce_issued_to_the_node_is_spent(store: Store, now: datetime) -> None:
+    foreign = NonceRecord(secrets.token_bytes(32), None, now, used=False)
+    with store.attestation("node-a") as transaction, pytest.raises(ValueError):
+        transaction.spend_nonce(foreign, now, now)
 
 
 @pytest.mark.usefixtures("nodes")
-def test_an_expired_nonce_is_returned_with_its_expiry(store: Store, now: datetime) -> None:
-    nonce = secrets.token_bytes(32)
-    expired = now - timedelta(seconds=1)
-    store.add_nonce(nonce, "node-a", now - timedelta(seconds=61), expired)
-    record = store.consume_nonce(nonce, "node-a", now)
-    assert record is not None and record.expires_at == expired  # expiry is the caller's check
+def test_concurrent_spenders_of_one_nonce(store: Store, now: datetime) -> None:
+    nonce = _nonce(secrets.token_bytes(32), "node-a", now)
+    spent = _race(lambda _node: _spend(store, nonce, now), ["node-a"] * RACERS)
+    assert sorted(spent) == [False] * (RACERS - 1) + [True]
 
 
-@pytest.mark.usefixtures("nodes")
-def test_concurrent_consumers_of_one_nonce(store: Store, now: datetime) -> None:
-    nonce = secrets.token_bytes(32)
-    store.add_nonce(nonce, "node-a", now, now + timedelta(seconds=60))
-
-    records = _race(lambda node_id: store.consume_nonce(nonce, node_id, now), ["node-a"] * RACERS)
-
-    assert sorted(r.used for r in records if r is not None) == [False] + [True] * (RACERS - 1)
-
-
-@pytest.mark.usefixtures("nodes")
-def test_concurrent_consumers_from_two_nodes(store: Store, now: datetime) -> None:
-    nonce = secrets.token_bytes(32)
-    store.add_nonce(nonce, "node-a", now, now + timedelta(seconds=60))
-
-    def consume(node_id: str) -> tuple[str, NonceRecord | None]:
-        return node_id, store.consume_nonce(nonce, node_id, now)
-
-    outcomes = _race(consume, ["node-a", "node-b"] * (RACERS // 2))
-    won = [node for node, record in outcomes if record is not None and not record.used]
-    # node-b's callers see the nonce unused but not theirs; node-a spends it exactly once.
-    assert won.count("node-a") == 1
-    assert all(record is not None and record.node_id == "node-a" for _, record in outcomes)
-
-
-def test_add_nonce_for_an_unknown_node(store: Store, now: datetime) -> None:
-    with pytest.raises(UnknownNode):
-        store.add_nonce(b"n" * 32, "nobody", now, now + timedelta(seconds=60))
+def test_attestation_transaction_of_an_unknown_node_has_no_node(store: Store) -> None:
+    with store.attestation("nobody") as transaction:
+        assert transaction.node is None
 
 
 @pytest.mark.usefixtures("nodes")
 def test_purge_nonces_deletes_only_expired_ones(store: Store, now: datetime) -> None:
-    old, edge, fresh = (secrets.token_bytes(32) for _ in range(3))
-    store.add_nonce(old, "node-a", now - timedelta(minutes=2), now - timedelta(minutes=1))
-    store.add_nonce(edge, "node-a", now - timedelta(minutes=1), now)
-    store.add_nonce(fresh, "node-b", now, now + timedelta(minutes=1))
-
+    old = NonceRecord(b"o" * 32, "node-a", now - timedelta(minutes=1), used=False)
+    edge = NonceRecord(b"e" * 32, "node-a", now, used=False)
+    fresh = NonceRecord(b"f" * 32, "node-a", now + timedelta(minutes=1), used=False)
+    for nonce in (old, edge, fresh):
+        assert _spend(store, nonce, now) is True
     assert store.purge_nonces(now) == 1
+    assert [_spend(store, n, now) for n in (old, edge, fresh)] == [True, False, False]
 
-    assert store.consume_nonce(old, "node-a", now) is None
-    assert store.consume_nonce(edge, "node-a", now) is not None
-    assert store.consume_nonce(fresh, "node-b", now) is not None
-    assert store.purge_nonces(now) == 0
+
+def test_shared_secret_is_created_once(store: Store, now: datetime) -> None:
+    made: list[bytes] = []
+
+    def make() -> bytes:
+        made.append(secrets.token_bytes(32))
+        return made[-1]
+
+    secrets_seen = _race(lambda _n: store.shared_secret("k", make, now), ["x"] * RACERS)
+    assert len(set(secrets_seen)) == 1 and secrets_seen[0] in made
+    assert store.shared_secret("k", make, now) == secrets_seen[0]
+    assert store.shared_secret("other", make, now) != secrets_seen[0]
 
 
 # Join tokens
