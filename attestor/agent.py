@@ -27,6 +27,7 @@ from lightgate.config import AgentConfig
 from lightgate.wire import convert
 from lightgate.wire.v1 import attestation_pb2 as pb
 from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
+from verifier.evidence.errors import TpmStructureMalformed
 from verifier.evidence.quote import PcrValues
 
 log = logging.getLogger("lightgate.agent")
@@ -124,6 +125,9 @@ class Agent:
         if self._ak is None:
             self._ak = self.tpm.create_ak(self.config.ak_algorithm)
             self.state_dir.save_ak(self._ak)
+            # A new AK is unknown to the verifier, whatever node.json said before.
+            self.state.enrolled = False
+            self.state_dir.save_state(self.state)
             log.info(
                 "created AK",
                 extra={"fields": {"node": self.node_id, "algorithm": self.config.ak_algorithm}},
@@ -224,6 +228,14 @@ class Agent:
                     "TPM command failed",
                     extra={"fields": {"node": self.node_id, "detail": str(exc)}},
                 )
+                self.tpm.forget_handles()
+            except TpmStructureMalformed as exc:  # a challenge this agent cannot answer
+                log.error(
+                    "verifier's challenge is malformed",
+                    extra={"fields": {"node": self.node_id, "detail": exc.reason}},
+                )
+            except Exception:  # the agent outlives any one bad round: log, back off, retry
+                log.exception("attestation round failed", extra={"fields": {"node": self.node_id}})
             delay = backoff_delay(
                 failures, self.config.backoff_initial_seconds, self.config.backoff_max_seconds, rng
             )

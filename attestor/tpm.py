@@ -105,12 +105,7 @@ class Tpm:
         """Flush the transient objects this session loaded, then close it.  Without a
         resource manager (a bare swtpm socket) they would otherwise fill the TPM's
         object slots for the next user."""
-        if self._loaded_ak is not None:
-            self._flush(self._loaded_ak[1])
-            self._loaded_ak = None
-        if self._ek_handle is not None:
-            self._flush(self._ek_handle)
-            self._ek_handle = None
+        self.forget_handles()
         if not self._closed:
             self._closed = True
             self._ectx.close()
@@ -152,14 +147,21 @@ class Tpm:
     def _ek_policy_session(self) -> Any:
         """A policy session satisfying the EK's authPolicy, PolicySecret(TPM_RH_ENDORSEMENT)
         (EK Credential Profile 2.0, B.6)."""
-        session = self._ectx.start_auth_session(
-            tpm_key=ESYS_TR.NONE,
-            bind=ESYS_TR.NONE,
-            session_type=TPM2_SE.POLICY,
-            symmetric=TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
-            auth_hash=TPM2_ALG.SHA256,
-        )
-        self._ectx.policy_secret(ESYS_TR.ENDORSEMENT, session)
+        try:
+            session = self._ectx.start_auth_session(
+                tpm_key=ESYS_TR.NONE,
+                bind=ESYS_TR.NONE,
+                session_type=TPM2_SE.POLICY,
+                symmetric=TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+                auth_hash=TPM2_ALG.SHA256,
+            )
+        except TSS2_Exception as exc:
+            raise TpmError(f"starting a policy session failed: {exc}") from None
+        try:
+            self._ectx.policy_secret(ESYS_TR.ENDORSEMENT, session)
+        except TSS2_Exception as exc:
+            self._flush(session)
+            raise TpmError(f"PolicySecret(endorsement) failed: {exc}") from None
         return session
 
     # --- attestation key -------------------------------------------------------------
@@ -187,8 +189,11 @@ class Tpm:
             self._flush(self._loaded_ak[1])
             self._loaded_ak = None
         ek = self._load_ek()
-        public, _ = TPM2B_PUBLIC.unmarshal(ak.public)
-        private, _ = TPM2B_PRIVATE.unmarshal(ak.private)
+        try:
+            public, _ = TPM2B_PUBLIC.unmarshal(ak.public)
+            private, _ = TPM2B_PRIVATE.unmarshal(ak.private)
+        except (TSS2_Exception, ValueError) as exc:
+            raise TpmError(f"the persisted AK is corrupt: {exc}") from None
         session = self._ek_policy_session()
         try:
             handle = self._ectx.load(ek, private, public, session1=session)
@@ -237,6 +242,8 @@ class Tpm:
     def read_pcrs(self, selection: PcrSelection) -> dict[HashAlg, dict[int, bytes]]:
         values: dict[HashAlg, dict[int, bytes]] = {}
         for bank in selection.banks:
+            if not bank.pcrs:
+                continue
             alg = HashAlg(bank.hash_alg)
             values[alg] = {}
             pcrs = list(bank.pcrs)
@@ -281,6 +288,16 @@ class Tpm:
         except TSS2_Exception as exc:
             raise TpmError(f"TPM2_PCR_Extend of PCR {pcr} failed: {exc}") from None
 
+    def forget_handles(self) -> None:
+        """Drop the EK and AK handles (after a TPM reset or a resource manager restart
+        they name nothing); the next command loads them again."""
+        if self._loaded_ak is not None:
+            self._flush(self._loaded_ak[1])
+            self._loaded_ak = None
+        if self._ek_handle is not None:
+            self._flush(self._ek_handle)
+            self._ek_handle = None
+
     def _flush(self, handle: Any) -> None:
         with contextlib.suppress(TSS2_Exception):  # already gone: nothing to release
             self._ectx.flush_context(handle)
@@ -290,5 +307,8 @@ def _pytss_selection(selection: PcrSelection) -> Any:
     spec = "+".join(
         f"{HashAlg(bank.hash_alg).bank_name}:{','.join(map(str, bank.pcrs))}"
         for bank in selection.banks
+        if bank.pcrs
     )
+    if not spec:
+        raise TpmError("the PCR selection to quote is empty")
     return TPML_PCR_SELECTION.parse(spec)

@@ -81,8 +81,12 @@ class AttestationConfig(BaseModel):
     @field_validator("pcr_selection")
     @classmethod
     def _valid_selection(cls, value: dict[str, list[int]]) -> dict[str, list[int]]:
+        if not value:
+            raise ValueError("at least one bank must be quoted; an empty selection proves nothing")
+        banks = [HashAlg.from_name(bank) for bank in value]
+        if len(set(banks)) != len(banks):
+            raise ValueError(f"a bank is named twice in {sorted(value)}")
         for bank, pcrs in value.items():
-            HashAlg.from_name(bank)
             if not pcrs or any(not 0 <= p < 24 for p in pcrs):
                 raise ValueError(f"bank {bank}: PCR indices must be 0-23 and not empty")
         return value

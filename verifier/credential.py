@@ -15,6 +15,7 @@ import hmac
 import os
 from dataclasses import dataclass
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
@@ -23,9 +24,12 @@ try:  # cryptography >= 47 keeps CFB among the "decrepit" modes; the TPM still u
 except ImportError:  # pragma: no cover - older cryptography
     from cryptography.hazmat.primitives.ciphers.modes import CFB
 
+from verifier.evidence.errors import TpmStructureMalformed
 from verifier.evidence.keys import public_key
 from verifier.evidence.tpm_public import PublicArea
 from verifier.evidence.tpm_structures import Alg, HashAlg, tpm2b
+
+_NAME_ALGS = (HashAlg.SHA1, HashAlg.SHA256, HashAlg.SHA384, HashAlg.SHA512)
 
 
 class CredentialError(Exception):
@@ -95,24 +99,29 @@ def make_credential(
     `seed` is for known-answer tests of RSA EKs only; leave it None so the seed is
     random.  (An ECC EK's seed comes from a fresh ephemeral key and cannot be chosen.)
     """
-    try:
-        name_alg = HashAlg(ek.name_alg)
-    except ValueError:
-        raise CredentialError(f"EK nameAlg 0x{ek.name_alg:04x} is not supported") from None
+    if ek.name_alg not in _NAME_ALGS:
+        raise CredentialError(f"EK nameAlg 0x{ek.name_alg:04x} is not SHA-1/256/384/512")
+    name_alg = HashAlg(ek.name_alg)
     if ek.symmetric.algorithm != Alg.AES or ek.symmetric.mode != Alg.CFB:
         raise CredentialError("EK symmetric definition is not AES-CFB")
+    if ek.symmetric.key_bits not in (128, 192, 256):
+        raise CredentialError(f"EK AES key of {ek.symmetric.key_bits} bits")
     if len(secret) > name_alg.digest_size:
         raise CredentialError(f"credential of {len(secret)} bytes exceeds {name_alg.digest_size}")
     seed_bits = name_alg.digest_size * 8
-    if ek.type == Alg.RSA:
-        seed = seed if seed is not None else os.urandom(name_alg.digest_size)
-        encrypted_secret = _rsa_share(ek, name_alg, seed)
-    elif ek.type == Alg.ECC:
-        if seed is not None:
-            raise CredentialError("an ECC EK's seed comes from ECDH; it cannot be given")
-        seed, encrypted_secret = _ecc_share(ek, name_alg, seed_bits)
-    else:
-        raise CredentialError(f"EK type 0x{ek.type:04x} is neither RSA nor ECC")
+    try:
+        if ek.type == Alg.RSA:
+            seed = seed if seed is not None else os.urandom(name_alg.digest_size)
+            encrypted_secret = _rsa_share(ek, name_alg, seed)
+        elif ek.type == Alg.ECC:
+            if seed is not None:
+                raise CredentialError("an ECC EK's seed comes from ECDH; it cannot be given")
+            seed, encrypted_secret = _ecc_share(ek, name_alg, seed_bits)
+        else:
+            raise CredentialError(f"EK type 0x{ek.type:04x} is neither RSA nor ECC")
+    except (ValueError, UnsupportedAlgorithm, TpmStructureMalformed) as exc:
+        # e.g. an RSA key too small for OAEP with this hash, an off-curve point
+        raise CredentialError(f"cannot seal a credential to this EK: {exc}") from None
 
     sym_key = kdfa(name_alg, seed, "STORAGE", ak_name, b"", ek.symmetric.key_bits)
     encryptor = Cipher(algorithms.AES(sym_key), CFB(bytes(16))).encryptor()

@@ -135,8 +135,8 @@ def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
 def _is_ca(certificate: x509.Certificate) -> bool:
     try:
         constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
-    except x509.ExtensionNotFound:
-        return False
+    except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
+        return False  # not provably a CA: it issues nothing we trust
     return constraints.value.ca
 
 
@@ -154,7 +154,10 @@ def check_ek_matches_certificate(ek: PublicArea, certificate: x509.Certificate) 
         presented = spki_der(public_key(ek))
     except TpmStructureMalformed as exc:
         raise EkPublicMismatch(f"EK public area: {exc.message}") from None
-    certified_key = certificate.public_key()
+    try:
+        certified_key = certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise EkCertificateMalformed(f"the EK certificate's key cannot be read: {exc}") from None
     if not isinstance(certified_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
         raise EkCertificateMalformed("the EK certificate's key is neither RSA nor ECC")
     certified = spki_der(certified_key)

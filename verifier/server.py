@@ -12,6 +12,7 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from sqlalchemy.exc import SQLAlchemyError
 
 from lightgate.config import VerifierConfig
 from lightgate.wire.v1 import attestation_pb2 as pb
@@ -126,4 +127,7 @@ def _masked(url: str) -> str:
 def _purge_nonces(store: Store, stop: threading.Event) -> None:
     """Expired nonces can never verify; drop them (a day late, for forensics)."""
     while not stop.wait(NONCE_PURGE_INTERVAL_SECONDS):
-        store.purge_nonces(utc_now() - timedelta(days=1))
+        try:
+            store.purge_nonces(utc_now() - timedelta(days=1))
+        except SQLAlchemyError:  # the database is away: try again next interval
+            log.warning("nonce purge failed", exc_info=True)

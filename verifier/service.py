@@ -11,7 +11,6 @@ an error in a check never yields `affirming`.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import os
 import re
@@ -44,11 +43,17 @@ from verifier.errors import (
     NoPendingEnrollment,
     UnknownNode,
 )
-from verifier.evidence.errors import ChecksFailed, EvidenceError, TpmStructureMalformed
+from verifier.evidence.errors import (
+    ChecksFailed,
+    EvidenceError,
+    QuoteSignatureInvalid,
+    TpmStructureMalformed,
+)
 from verifier.evidence.keys import AttestationKey
 from verifier.evidence.nonce import issued_at as nonce_issued_at
 from verifier.evidence.nonce import mint_nonce, read_nonce
 from verifier.evidence.quote import (
+    AuthenticatedQuote,
     NonceRecord,
     PcrValues,
     Quote,
@@ -58,7 +63,14 @@ from verifier.evidence.quote import (
 )
 from verifier.evidence.tpm_public import PublicArea, parse_public
 from verifier.evidence.tpm_structures import ClockInfo, PcrSelection
-from verifier.store import AttestationRecord, NodeRecord, PendingEnrollment, Store
+from verifier.store import (
+    AttestationRecord,
+    ChallengeNotAnswered,
+    EnrollmentNotPending,
+    NodeRecord,
+    PendingEnrollment,
+    Store,
+)
 from verifier.store.store import AttestationTransaction
 
 log = logging.getLogger("lightgate.verifier")
@@ -144,7 +156,13 @@ class Verifier:
         self._check_endorsement(node_id, ek, request, now)
         fingerprint = ek_fingerprint(ek)
         existing = self._store.get_node(node_id)
-        if existing is not None and existing.ek_fingerprint != fingerprint:
+        # Only an enrolled node's EK is its identity; a node id that someone began to
+        # enroll and never activated can be claimed by the TPM that does activate.
+        if (
+            existing is not None
+            and existing.state == "enrolled"
+            and (existing.ek_fingerprint != fingerprint)
+        ):
             raise EkChanged(
                 f"node is enrolled with EK {existing.ek_fingerprint}, not {fingerprint}",
                 node_id=node_id,
@@ -210,25 +228,27 @@ class Verifier:
         return token
 
     def activate(self, node_id: str, secret: bytes) -> NodeRecord:
+        """Complete the enrollment whose challenge `secret` answers.  The answer is
+        checked by the store in the transaction that completes it, against the challenge
+        pending then; a wrong answer leaves the challenge pending (it cannot be guessed,
+        and dropping it would let anyone cancel a node's enrollment)."""
         node_id = _valid_node_id(node_id)
-        pending = self._store.get_pending_enrollment(node_id)
-        if pending is None:
+        answer = hashlib.sha256(secret).digest()
+        try:
+            node = self._store.complete_enrollment(node_id, self._now(), answer)
+        except EnrollmentNotPending:
             if self._store.get_node(node_id) is None:
-                raise UnknownNode("node never started enrolling", node_id=node_id)
-            raise NoPendingEnrollment("no credential challenge is outstanding", node_id=node_id)
-        # One attempt per challenge: a wrong or late answer discards it.
-        if self._now() >= pending.expires_at:
-            self._store.drop_pending_enrollment(node_id)
-            raise ActivationExpired(
-                f"credential challenge expired at {pending.expires_at.isoformat()}", node_id=node_id
-            )
-        if not hmac.compare_digest(hashlib.sha256(secret).digest(), pending.secret_digest):
-            self._store.drop_pending_enrollment(node_id)
+                raise UnknownNode("node never started enrolling", node_id=node_id) from None
+            raise NoPendingEnrollment(
+                "no credential challenge is outstanding", node_id=node_id
+            ) from None
+        except ChallengeNotAnswered as exc:
             _log_decision("enroll-refused", node_id, check=ActivationFailed.check)
+            if exc.expired:
+                raise ActivationExpired(exc.why, node_id=node_id) from None
             raise ActivationFailed(
                 "the secret returned is not the one sealed to the EK for this AK", node_id=node_id
-            )
-        node = self._store.complete_enrollment(node_id, self._now())
+            ) from None
         _log_decision("enrolled", node_id, ek=node.ek_fingerprint)
         return node
 
@@ -280,7 +300,16 @@ class Verifier:
                 clock=None,
                 rebooted=False,
             )
-            record = self._judge(transaction, node, quote, pcr_values, record)
+            assert node.ak_public is not None  # _require_enrolled guarantees an active AK
+            try:
+                authenticated = authenticate_quote(self._ak_cache(node.ak_public), quote, node_id)
+            except QuoteSignatureInvalid as forged:
+                # Not the node's evidence: anyone can send it, so it changes nothing of
+                # the node's (status, counters, history) and is only logged.
+                record = _refused(record, (forged,))
+                _log_decision("attestation-unauthenticated", node_id, check=forged.check, peer=peer)
+                return _outcome(record, result_id=0)
+            record = self._judge(transaction, node, authenticated, pcr_values, record)
             result = transaction.record(record)
         _log_decision(
             "attestation",
@@ -291,31 +320,22 @@ class Verifier:
             peer=peer,
             result_id=result.id,
         )
-        return AttestOutcome(
-            node_id,
-            record.status,
-            record.failed_checks,
-            record.reason,
-            result.id,
-            record.rebooted,
-            now,
-        )
+        return _outcome(record, result.id)
 
     def _judge(
         self,
         transaction: AttestationTransaction,
         node: NodeRecord,
-        quote: Quote,
+        authenticated: AuthenticatedQuote,
         pcr_values: PcrValues,
         record: AttestationRecord,
     ) -> AttestationRecord:
-        assert node.ak_public is not None  # _require_enrolled guarantees an active AK
-        ak = self._ak_cache(node.ak_public)
+        """Checks 2-6 of a quote the node's AK signed.  Its nonce is spent only now, so
+        a forged message cannot burn a nonce issued to someone else."""
         try:
-            authenticated = authenticate_quote(ak, quote, node.node_id)
-            # The nonce is spent only once the AK's signature holds, so a forged
-            # message cannot burn a nonce issued to someone else.
-            nonce = self._spend(transaction, quote.nonce, node.node_id, record.received_at)
+            nonce = self._spend(
+                transaction, authenticated.quote.nonce, node.node_id, record.received_at
+            )
             expectations = QuoteExpectations(
                 node.node_id, nonce, self._selection, node.last_clock, record.received_at
             )
@@ -335,6 +355,18 @@ class Verifier:
             return nonce
         first_use = transaction.spend_nonce(nonce, nonce_issued_at(value), now)
         return replace(nonce, used=not first_use)
+
+
+def _outcome(record: AttestationRecord, result_id: int) -> AttestOutcome:
+    return AttestOutcome(
+        record.node_id,
+        record.status,
+        record.failed_checks,
+        record.reason,
+        result_id,
+        record.rebooted,
+        record.received_at,
+    )
 
 
 def _require_enrolled(node: NodeRecord | None, node_id: str) -> NodeRecord:

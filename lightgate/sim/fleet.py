@@ -140,14 +140,16 @@ def run_fleet(
             )
 
         results: dict[str, NodeResult] = {}
-        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="node") as pool:
-            futures = {
-                pool.submit(run_node, n, s.name): n for n, s in zip(nodes, scenarios, strict=True)
-            }
-            for future in as_completed(futures):
-                result = future.result()
-                results[result.node] = result
-                note(f"{result.node}: {result.status}")
+        pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="node")
+        # On Ctrl-C or an error, queued nodes are cancelled rather than run first.
+        stack.callback(pool.shutdown, wait=False, cancel_futures=True)
+        futures = {
+            pool.submit(run_node, n, s.name): n for n, s in zip(nodes, scenarios, strict=True)
+        }
+        for future in as_completed(futures):
+            result = future.result()
+            results[result.node] = result
+            note(f"{result.node}: {result.status}")
         return [results[node] for node in nodes]
 
 

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,22 +55,25 @@ class SimulatorCA:
         """Write the swtpm_setup.conf and swtpm-localca.conf that point at this CA."""
         self.directory.mkdir(parents=True, exist_ok=True)
         localca = self.directory / "swtpm-localca.conf"
-        localca.write_text(
+        _write_atomic(
+            localca,
             f"statedir = {self.directory}\n"
             f"signingkey = {self.directory / 'signkey.pem'}\n"
             f"issuercert = {self.issuer_certificate}\n"
-            f"certserial = {self.directory / 'certserial'}\n"
+            f"certserial = {self.directory / 'certserial'}\n",
         )
         options = self.directory / "swtpm-localca.options"
-        options.write_text(
-            "--platform-manufacturer Lightgate\n--platform-version 2.1\n--platform-model sim\n"
+        _write_atomic(
+            options,
+            "--platform-manufacturer Lightgate\n--platform-version 2.1\n--platform-model sim\n",
         )
         setup = self.directory / f"swtpm_setup-{'_'.join(banks)}.conf"
-        setup.write_text(
+        _write_atomic(
+            setup,
             f"create_certs_tool = {SWTPM_LOCALCA}\n"
             f"create_certs_tool_config = {localca}\n"
             f"create_certs_tool_options = {options}\n"
-            f"active_pcr_banks = {','.join(banks)}\n"
+            f"active_pcr_banks = {','.join(banks)}\n",
         )
         return setup
 
@@ -79,6 +83,14 @@ class SimulatorCA:
         name = self.directory.name
         shutil.copy(self.root_certificate, trust_store / f"{name}-root.pem")
         shutil.copy(self.issuer_certificate, trust_store / f"{name}-issuer.pem")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Provisioning runs in parallel and rewrites the CA's configuration: a reader must
+    see the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def provision(
@@ -123,10 +135,13 @@ def _free_port_pair() -> int:
     raise SimulatorError("no free pair of loopback ports")
 
 
+# Looked up here, not in the child: dlopen after fork() in a threaded process can deadlock.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
 def _die_with_parent() -> None:
     """Ask the kernel to SIGTERM the swtpm if the simulator dies without cleaning up."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass

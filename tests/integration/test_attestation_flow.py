@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -247,7 +248,8 @@ def test_nonce_not_issued_by_verifier_is_refused(
     challenge.nonce = bytes(forged)
     response = agent.submit(agent.collect(challenge))
     assert list(response.failed_checks) == ["nonce-unknown"]
-    challenge.nonce = os.urandom(32)  # no tag of this node at all
+    # A plausible expiry, then another node's tag (here a random one) and MAC.
+    challenge.nonce = bytes(forged[:9]) + os.urandom(23)
     response = agent.submit(agent.collect(challenge))
     assert list(response.failed_checks) == ["nonce-mismatch"]
 
@@ -456,3 +458,53 @@ def test_agent_survives_verifier_outage(
     channel.close()
     assert node is not None and node.last_status == "affirming"
     assert not runner.is_alive()
+
+
+def test_wrong_answer_does_not_cancel_a_nodes_enrollment(
+    make_swtpm: SwtpmFactory, verifier: VerifierHandle, make_agent: AgentFactory
+) -> None:
+    """Anyone can send a guess for a node's challenge; a wrong guess is refused and the
+    node's own answer still completes its enrollment."""
+    agent = make_agent(make_swtpm(), verifier)
+    challenge = verifier.stub.Enroll(agent.enroll_request())
+    guess = pb.ActivateCredentialRequest(node_id=agent.node_id, secret=os.urandom(32))
+    error = rpc_error(lambda: verifier.stub.ActivateCredential(guess))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    secret = agent.tpm.activate_credential(
+        agent.ak, challenge.credential_blob, challenge.encrypted_secret
+    )
+    verifier.stub.ActivateCredential(
+        pb.ActivateCredentialRequest(node_id=agent.node_id, secret=secret)
+    )
+    agent.state.enrolled = True
+    assert agent.attest_once().status == AFFIRMING
+
+
+def test_squatting_a_node_id_without_activating_is_harmless(
+    make_swtpm: SwtpmFactory, verifier: VerifierHandle, make_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """An attacker starts enrolling "web-9" with some genuine (public) EK certificate and
+    never activates; the real web-9 still enrolls."""
+    decoy = make_agent(make_swtpm(), verifier, node_id="web-9", state_dir=tmp_path / "decoy")
+    squat = decoy.enroll_request()
+    verifier.stub.Enroll(squat)
+    decoy.tpm.close()
+    real = make_agent(make_swtpm(), verifier, node_id="web-9")
+    real.enroll()
+    assert real.attest_once().status == AFFIRMING
+
+
+def test_a_forged_quote_changes_nothing_of_the_node(
+    make_swtpm: SwtpmFactory, verifier: VerifierHandle, make_agent: AgentFactory
+) -> None:
+    agent = _enrolled(make_swtpm, verifier, make_agent)
+    assert agent.attest_once().status == AFFIRMING
+    before = verifier.running.store.get_node(agent.node_id)
+    request = agent.collect(agent.challenge())
+    request.quote_signature = request.quote_signature[:-1] + bytes(
+        [request.quote_signature[-1] ^ 1]
+    )
+    response = agent.submit(request)
+    assert list(response.failed_checks) == ["quote-signature"] and response.result_id == 0
+    assert verifier.running.store.get_node(agent.node_id) == before
+    assert len(verifier.running.store.results_for(agent.node_id)) == 1

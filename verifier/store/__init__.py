@@ -3,7 +3,13 @@
 store = Store.open("sqlite:///var/lib/lightgate/verifier.db")  # migrates, then opens
 """
 
-from verifier.store.errors import EnrollmentNotPending, StoreError, StoreInconsistent, UnknownNode
+from verifier.store.errors import (
+    ChallengeNotAnswered,
+    EnrollmentNotPending,
+    StoreError,
+    StoreInconsistent,
+    UnknownNode,
+)
 from verifier.store.records import (
     AttestationRecord,
     NodeRecord,
@@ -14,6 +20,7 @@ from verifier.store.store import Store
 
 __all__ = [
     "AttestationRecord",
+    "ChallengeNotAnswered",
     "EnrollmentNotPending",
     "NodeRecord",
     "PendingEnrollment",

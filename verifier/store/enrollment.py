@@ -10,11 +10,12 @@ and ignores FOR UPDATE.
 
 from __future__ import annotations
 
+import hmac
 from datetime import datetime
 
 from sqlalchemy import Connection, delete, insert, select, update
 
-from verifier.store.errors import EnrollmentNotPending
+from verifier.store.errors import ChallengeNotAnswered, EnrollmentNotPending
 from verifier.store.models import KEYS, NODES, PENDING_ENROLLMENTS
 from verifier.store.queries import insert_id
 from verifier.store.records import (
@@ -106,16 +107,28 @@ def drop(connection: Connection, node_id: str) -> None:
     connection.execute(delete(KEYS).where(KEYS.c.node_id == node_id, KEYS.c.state == KEY_PENDING))
 
 
-def complete(connection: Connection, node_id: str, now: datetime) -> None:
-    """Bind the challenge's keys to the node; raises EnrollmentNotPending without one."""
+def complete(connection: Connection, node_id: str, now: datetime, secret_digest: bytes) -> None:
+    """Bind the challenge's keys to the node, if `secret_digest` answers that very
+    challenge (read under the node's lock, so a challenge that replaced the one the node
+    answered cannot be completed by its answer).  Raises EnrollmentNotPending without a
+    challenge, ChallengeNotAnswered for a wrong answer or an expired challenge."""
     lock_node(connection, node_id)
     pending = connection.execute(
-        select(PENDING_ENROLLMENTS.c.ek_key_id, PENDING_ENROLLMENTS.c.ak_key_id).where(
-            PENDING_ENROLLMENTS.c.node_id == node_id
-        )
+        select(
+            PENDING_ENROLLMENTS.c.ek_key_id,
+            PENDING_ENROLLMENTS.c.ak_key_id,
+            PENDING_ENROLLMENTS.c.secret_digest,
+            PENDING_ENROLLMENTS.c.expires_at,
+        ).where(PENDING_ENROLLMENTS.c.node_id == node_id)
     ).first()
     if pending is None:
         raise EnrollmentNotPending(node_id)
+    if not hmac.compare_digest(pending.secret_digest, secret_digest):
+        raise ChallengeNotAnswered(node_id, "the secret is not the one sealed for this challenge")
+    if now >= pending.expires_at:
+        raise ChallengeNotAnswered(
+            node_id, f"the challenge expired at {pending.expires_at.isoformat()}", expired=True
+        )
     _activate_key(connection, node_id, KEY_EK, pending.ek_key_id, now)
     _activate_key(connection, node_id, KEY_AK, pending.ak_key_id, now)
     connection.execute(

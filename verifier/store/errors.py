@@ -15,6 +15,17 @@ class UnknownNode(StoreError, LookupError):
         super().__init__(f"node {node_id!r} is not known to the store")
 
 
+class ChallengeNotAnswered(StoreError):
+    """The answer given is not the pending challenge's, or the challenge expired; the
+    enrollment stays pending (until it expires or is replaced)."""
+
+    def __init__(self, node_id: str, why: str, *, expired: bool = False) -> None:
+        self.node_id = node_id
+        self.why = why
+        self.expired = expired
+        super().__init__(f"node {node_id!r}: {why}")
+
+
 class EnrollmentNotPending(StoreError, LookupError):
     """The node has no pending enrollment (never begun, dropped, or already completed)."""
 

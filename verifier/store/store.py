@@ -20,7 +20,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import Connection, Executable, Update, delete, update
+from sqlalchemy import Connection, Executable, Update, delete, func, or_, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError
 
@@ -135,16 +135,17 @@ class Store:
         with self._write() as connection:
             enrollment.drop(connection, node_id)
 
-    def complete_enrollment(self, node_id: str, now: datetime) -> NodeRecord:
+    def complete_enrollment(self, node_id: str, now: datetime, secret_digest: bytes) -> NodeRecord:
         """Bind the pending AK (and EK) to the node, in one transaction.
 
         The keys the challenge named become active and the keys they replace are
         retired; the node is 'enrolled' from `now` and its clock baseline is cleared,
         since counters are compared only between quotes of one AK.
-        Raises EnrollmentNotPending (a LookupError) when there is no open challenge.
+        Raises EnrollmentNotPending (a LookupError) when there is no open challenge, and
+        ChallengeNotAnswered when `secret_digest` is not its answer or it expired.
         """
         with self._write() as connection:
-            enrollment.complete(connection, node_id, now)
+            enrollment.complete(connection, node_id, now, secret_digest)
             record = _get_node(connection, node_id)
         if record is None:  # the challenge's foreign key makes this impossible
             raise StoreInconsistent(f"node {node_id!r} vanished while completing enrollment")
@@ -166,16 +167,19 @@ class Store:
             )
 
     def consume_join_token(self, token_digest: bytes, node_id: str, now: datetime) -> bool:
-        """Spend the token for `node_id`; True for the one caller that spent it."""
+        """Spend the token for `node_id`; True for the one node that spent it.  The node
+        that spent it may present it again until it expires (an enrollment that failed
+        before activation, or a verifier that forgot the node, must not lock it out);
+        every other node is refused."""
         with self._write() as connection:
             spent = connection.execute(
                 update(JOIN_TOKENS)
                 .where(
                     JOIN_TOKENS.c.token_digest == token_digest,
-                    JOIN_TOKENS.c.used_at.is_(None),
+                    or_(JOIN_TOKENS.c.used_at.is_(None), JOIN_TOKENS.c.used_by == node_id),
                     JOIN_TOKENS.c.expires_at > now,
                 )
-                .values(used_by=node_id, used_at=now)
+                .values(used_by=node_id, used_at=func.coalesce(JOIN_TOKENS.c.used_at, now))
             )
             return spent.rowcount == 1
 

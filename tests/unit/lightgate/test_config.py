@@ -56,3 +56,16 @@ def test_invalid_configuration_is_a_config_error(
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(AgentConfig, tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("selection", "needle"),
+    [("{}", "at least one bank"), ("{sha256: [0], SHA256: [1]}", "named twice")],
+)
+def test_pcr_selection_must_quote_something_once(
+    tmp_path: Path, selection: str, needle: str
+) -> None:
+    path = tmp_path / "v.yaml"
+    path.write_text(f"attestation:\n  pcr_selection: {selection}\n")
+    with pytest.raises(ConfigError, match=needle):
+        load_config(VerifierConfig, path)

@@ -377,3 +377,19 @@ def test_ek_with_unknown_name_alg_refused(rsa2048_ek) -> None:
     ek = dataclasses.replace(rsa2048_ek.public, name_alg=0x0027)  # SHA3-256
     with pytest.raises(CredentialError, match="nameAlg 0x0027"):
         make_credential(ek, AK_NAME, bytes(32))
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda: rsa_ek(aes_bits=64), "AES key of 64 bits"),
+        (lambda: rsa_ek(bits=1024, name_alg=HashAlg.SHA512), "cannot seal"),
+        (lambda: rsa_ek(name_alg=HashAlg.SM3_256), "nameAlg"),
+    ],
+    ids=["aes-64", "rsa1024-oaep-sha512-too-small", "sm3-name-alg"],
+)
+def test_eks_a_credential_cannot_be_sealed_to_are_refused_by_name(make, needle) -> None:
+    """Malformed or unusable EKs are a CredentialError (INVALID_ARGUMENT at the API),
+    never a cryptography exception (INTERNAL)."""
+    with pytest.raises(CredentialError, match=needle):
+        make_credential(make().public, AK_NAME, b"s" * 16)

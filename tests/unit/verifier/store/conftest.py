@@ -127,8 +127,9 @@ def enroll(store: Store, make_pending: MakePending, now: datetime) -> Enroll:
     """Enroll a node end to end (begin + complete) and return it."""
 
     def run(node_id: str = "node-a", **pending: object) -> NodeRecord:
-        store.begin_enrollment(make_pending(node_id, **pending))
-        return store.complete_enrollment(node_id, now)
+        challenge = make_pending(node_id, **pending)
+        store.begin_enrollment(challenge)
+        return store.complete_enrollment(node_id, now, challenge.secret_digest)
 
     return run
 

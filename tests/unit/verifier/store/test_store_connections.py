@@ -36,8 +36,11 @@ def _pending(node_id: str, created_at: datetime) -> PendingEnrollment:
     ],
 )
 def test_datetimes_round_trip_to_the_microsecond(store: Store, moment: datetime) -> None:
-    store.begin_enrollment(_pending("node-a", moment))
-    node = store.complete_enrollment("node-a", moment + timedelta(microseconds=1))
+    pending = _pending("node-a", moment)
+    store.begin_enrollment(pending)
+    node = store.complete_enrollment(
+        "node-a", moment + timedelta(microseconds=1), pending.secret_digest
+    )
 
     assert node.created_at == moment
     assert node.created_at.tzinfo is UTC

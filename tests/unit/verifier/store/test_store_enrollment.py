@@ -12,6 +12,7 @@ from sqlalchemy import Engine, text
 
 from verifier.store import (
     AttestationRecord,
+    ChallengeNotAnswered,
     EnrollmentNotPending,
     NodeRecord,
     PendingEnrollment,
@@ -99,7 +100,7 @@ def test_complete_enrollment(store: Store, make_pending: MakePending, now: datet
     store.begin_enrollment(pending)
     later = now + timedelta(seconds=3)
 
-    node = store.complete_enrollment("node-a", later)
+    node = store.complete_enrollment("node-a", later, pending.secret_digest)
 
     assert node.state == "enrolled"
     assert node.enrolled_at == later
@@ -113,10 +114,35 @@ def test_complete_enrollment_without_a_challenge(
     store: Store, enroll: Enroll, now: datetime
 ) -> None:
     with pytest.raises(LookupError):
-        store.complete_enrollment("nobody", now)
+        store.complete_enrollment("nobody", now, b"answer")
     enroll("node-a")
     with pytest.raises(EnrollmentNotPending):  # already completed
-        store.complete_enrollment("node-a", now)
+        store.complete_enrollment("node-a", now, b"answer")
+
+
+def test_complete_enrollment_needs_this_challenges_answer(
+    store: Store, make_pending: MakePending, now: datetime
+) -> None:
+    """The answer is checked against the challenge pending in the completing
+    transaction: an answer to a challenge that was since replaced completes nothing."""
+    answered = make_pending()
+    store.begin_enrollment(answered)
+    replacement = make_pending(ak_public=b"someone else's AK")
+    store.begin_enrollment(replacement)
+    with pytest.raises(ChallengeNotAnswered, match="not the one sealed"):
+        store.complete_enrollment("node-a", now, answered.secret_digest)
+    assert store.get_pending_enrollment("node-a") == replacement  # still pending
+    node = store.complete_enrollment("node-a", now, replacement.secret_digest)
+    assert node.ak_public == b"someone else's AK"
+
+
+def test_complete_enrollment_after_expiry_is_refused(
+    store: Store, make_pending: MakePending, now: datetime
+) -> None:
+    pending = make_pending()
+    store.begin_enrollment(pending)
+    with pytest.raises(ChallengeNotAnswered, match="expired"):
+        store.complete_enrollment("node-a", pending.expires_at, pending.secret_digest)
 
 
 def test_complete_enrollment_retires_the_old_ak(
@@ -183,7 +209,7 @@ def test_an_ek_change_the_caller_allowed_takes_effect_on_completion(
     pending = store.get_pending_enrollment("node-a")
     assert pending is not None and pending.ek_fingerprint == "bb"
 
-    after = store.complete_enrollment("node-a", now)
+    after = store.complete_enrollment("node-a", now, pending.secret_digest)
     assert (after.ek_public, after.ek_fingerprint) == (b"ek-new", "bb")
     assert [k[:2] for k in _keys(db, "node-a")] == [
         ("ek", "retired"),
@@ -208,13 +234,14 @@ def test_list_nodes_is_ordered_by_node_id(
 def test_concurrent_completion_enrolls_once(
     store: Store, make_pending: MakePending, now: datetime
 ) -> None:
-    store.begin_enrollment(make_pending())
+    pending = make_pending()
+    store.begin_enrollment(pending)
     barrier = Barrier(4)
 
     def complete() -> str:
         barrier.wait()
         try:
-            store.complete_enrollment("node-a", now)
+            store.complete_enrollment("node-a", now, pending.secret_digest)
         except EnrollmentNotPending:
             return "refused"
         return "enrolled"

@@ -129,6 +129,10 @@ def test_a_join_token_is_used_once(store: Store, now: datetime, db: Engine) -> N
 
     assert store.consume_join_token(digest, "node-a", now) is True
     assert store.consume_join_token(digest, "node-b", now) is False
+    # The node that spent it may present it again (its enrollment failed before
+    # activation, or the verifier forgot it), until it expires.
+    later = now + timedelta(minutes=5)
+    assert store.consume_join_token(digest, "node-a", later) is True
 
     with db.connect() as connection:
         row = connection.execute(
@@ -152,8 +156,10 @@ def test_concurrent_consumers_of_one_join_token(store: Store, now: datetime) -> 
     digest = _digest("tok-3")
     store.add_join_token(digest, now, now + timedelta(hours=1))
 
-    spent = _race(
-        lambda node_id: store.consume_join_token(digest, node_id, now), ["node-a"] * RACERS
-    )
+    racers = [f"node-{i}" for i in range(RACERS)]
+    spent = _race(lambda node_id: store.consume_join_token(digest, node_id, now), racers)
 
     assert sorted(spent) == [False] * (RACERS - 1) + [True]
+    winner = racers[spent.index(True)]
+    assert store.consume_join_token(digest, winner, now) is True
+    assert not any(store.consume_join_token(digest, n, now) for n in racers if n != winner)
