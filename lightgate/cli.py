@@ -351,6 +351,9 @@ def main(argv: list[str] | None = None) -> None:
         reason = getattr(exc, "reason", None) or str(exc)
         print(f"error: {' '.join(str(reason).split())}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # everything started was stopped on the way out
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -65,13 +65,13 @@ from verifier.evidence.tpm_public import PublicArea, parse_public
 from verifier.evidence.tpm_structures import ClockInfo, PcrSelection
 from verifier.store import (
     AttestationRecord,
+    AttestationTransaction,
     ChallengeNotAnswered,
     EnrollmentNotPending,
     NodeRecord,
     PendingEnrollment,
     Store,
 )
-from verifier.store.store import AttestationTransaction
 
 log = logging.getLogger("lightgate.verifier")
 

@@ -16,10 +16,11 @@ from verifier.store.records import (
     PendingEnrollment,
     ResultRecord,
 )
-from verifier.store.store import Store
+from verifier.store.store import AttestationTransaction, Store
 
 __all__ = [
     "AttestationRecord",
+    "AttestationTransaction",
     "ChallengeNotAnswered",
     "EnrollmentNotPending",
     "NodeRecord",
