@@ -6,6 +6,7 @@ Errors are one line starting with `error:` and a non-zero exit, never a tracebac
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import threading
@@ -265,23 +266,31 @@ def _run_sim(plan: list[str], as_json: bool, workdir: Path | None) -> None:
         raise typer.Exit(1)
 
 
+_LONG_HEX = re.compile(r"\b([0-9a-f]{12})[0-9a-f]{8,}\b")
+_TIMESTAMP = re.compile(r"(\d{4}-\d\d-\d\dT)?(\d\d:\d\d:\d\d)(\.\d+)?\+00:00")
+
+
+def _brief(detail: str) -> str:
+    """The table's short form of a reason: long hex and timestamps abbreviated (the
+    JSON output and the logs keep them whole)."""
+    return _TIMESTAMP.sub(r"\2Z", _LONG_HEX.sub(r"\1…", detail))
+
+
 def _print_results(results: list[Any]) -> None:
-    table = Table(
-        "node", "scenario", "status", "refused by", "detail", "", title="Lightgate simulation"
-    )
+    table = Table(title="Lightgate simulation", expand=True)
+    table.add_column("node", no_wrap=True)
+    table.add_column("scenario", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("refused by", no_wrap=True)
+    table.add_column("detail", ratio=1)
+    table.add_column("", no_wrap=True)
     style = {"affirming": "green", "contraindicated": "red", "none": "yellow"}
     for r in results:
         check, _, detail = (r.reason or "").partition(": ")
-        detail = detail.removesuffix(f" (node {r.node})")
+        detail = _brief(detail.removesuffix(f" (node {r.node})"))
         mark = "[green]✓[/]" if r.as_expected else f"[red]✗ expected {r.expected}[/]"
-        table.add_row(
-            r.node,
-            r.scenario,
-            f"[{style.get(r.status, 'white')}]{r.status}[/]",
-            check,
-            detail,
-            mark,
-        )
+        status = f"[{style.get(r.status, 'white')}]{r.status}[/]"
+        table.add_row(r.node, r.scenario, status, check, detail, mark)
     out.print(table)
     trusted = sum(r.status == "affirming" for r in results)
     out.print(
