@@ -23,6 +23,7 @@ from rich.table import Table
 
 from lightgate import logs
 from lightgate.config import AgentConfig, ConfigError, VerifierConfig, load_config
+from lightgate.errors import Refusal
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Lightgate trusted-compute attestation."
@@ -339,14 +340,11 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning known failures into one `error:` line."""
     from attestor.tpm import TpmError
     from lightgate.sim.swtpm import SimulatorError
-    from verifier.errors import VerifierError
-    from verifier.evidence.errors import EvidenceError
 
     known: tuple[type[BaseException], ...] = (
         CliError,
         ConfigError,
-        VerifierError,
-        EvidenceError,
+        Refusal,
         SimulatorError,
         TpmError,
         OSError,

@@ -8,24 +8,18 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+from lightgate.errors import Refusal
+
 Status = Literal[
     "INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED", "FAILED_PRECONDITION", "NOT_FOUND"
 ]
 
 
-class VerifierError(Exception):
+class VerifierError(Refusal):
+    """A request was refused; `status` is the gRPC status the client receives."""
+
     check: ClassVar[str] = "request"
     status: ClassVar[Status] = "INVALID_ARGUMENT"
-
-    def __init__(self, message: str, *, node_id: str | None = None) -> None:
-        self.node_id = node_id
-        self.message = message
-        super().__init__(message)
-
-    @property
-    def reason(self) -> str:
-        node = f" (node {self.node_id})" if self.node_id else ""
-        return f"{self.check}: {self.message}{node}"
 
 
 class MalformedRequest(VerifierError):

@@ -10,26 +10,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from lightgate.errors import Refusal
 
-class EvidenceError(Exception):
+
+class EvidenceError(Refusal):
     """Evidence was refused.  `check` names the check that refused it."""
 
     check: ClassVar[str] = "evidence"
-
-    def __init__(self, message: str, *, node_id: str | None = None) -> None:
-        self.node_id = node_id
-        self.message = message
-        super().__init__(message)
-
-    @property
-    def reason(self) -> str:
-        """One line for users: the check, the node (when known) and what was wrong."""
-        node = f" (node {self.node_id})" if self.node_id else ""
-        return f"{self.check}: {self.message}{node}"
-
-    def for_node(self, node_id: str) -> EvidenceError:
-        self.node_id = node_id
-        return self
 
 
 class TpmStructureMalformed(EvidenceError):

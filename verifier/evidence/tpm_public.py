@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
+from functools import partial
 
 from verifier.evidence.errors import TpmStructureMalformed
 from verifier.evidence.tpm_structures import Alg, HashAlg, Reader, tpm2b
@@ -118,25 +119,16 @@ def parse_public(buf: bytes) -> PublicArea:
         scheme_hash = reader.u16("scheme.hashAlg")
         if scheme == Alg.ECDAA:
             scheme_count = reader.u16("scheme.count")
+    common = partial(
+        PublicArea, buf, key_type, name_alg, attributes, auth_policy, symmetric, scheme,
+        scheme_hash, scheme_count,
+    )  # fmt: skip
     if key_type == Alg.RSA:
         key_bits = reader.u16("keyBits")
         exponent = reader.u32("exponent") or 65537  # Part 2, 12.2.3.5: zero means 2^16+1
         modulus = reader.tpm2b("unique.rsa", 512)
         reader.end()
-        return PublicArea(
-            buf,
-            key_type,
-            name_alg,
-            attributes,
-            auth_policy,
-            symmetric,
-            scheme,
-            scheme_hash,
-            scheme_count,
-            key_bits=key_bits,
-            exponent=exponent,
-            modulus=modulus,
-        )
+        return common(key_bits=key_bits, exponent=exponent, modulus=modulus)
     if key_type == Alg.ECC:
         curve = reader.u16("curveID")
         kdf = reader.u16("kdf.scheme")
@@ -144,22 +136,7 @@ def parse_public(buf: bytes) -> PublicArea:
         x = reader.tpm2b("unique.ecc.x", 66)
         y = reader.tpm2b("unique.ecc.y", 66)
         reader.end()
-        return PublicArea(
-            buf,
-            key_type,
-            name_alg,
-            attributes,
-            auth_policy,
-            symmetric,
-            scheme,
-            scheme_hash,
-            scheme_count,
-            curve=curve,
-            kdf=kdf,
-            kdf_hash=kdf_hash,
-            x=x,
-            y=y,
-        )
+        return common(curve=curve, kdf=kdf, kdf_hash=kdf_hash, x=x, y=y)
     raise TpmStructureMalformed("TPMT_PUBLIC", 0, f"type 0x{key_type:04x} is not RSA or ECC")
 
 
