@@ -288,7 +288,7 @@ def _print_results(results: list[Any]) -> None:
     style = {"affirming": "green", "contraindicated": "red", "none": "yellow"}
     for r in results:
         check, _, detail = (r.reason or "").partition(": ")
-        detail = _brief(detail.removesuffix(f" (node {r.node})"))
+        detail = _brief(detail.removesuffix(f" (node {r.node})")) or f"trusted; {r.ak}"
         mark = "[green]✓[/]" if r.as_expected else f"[red]✗ expected {r.expected}[/]"
         status = f"[{style.get(r.status, 'white')}]{r.status}[/]"
         table.add_row(r.node, r.scenario, status, check, detail, mark)

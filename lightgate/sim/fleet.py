@@ -37,6 +37,7 @@ class NodeResult:
     reason: str | None
     expected: str  # "affirming" or the check that must refuse it
     as_expected: bool
+    ak: str = ""  # the node's AK kind
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -121,6 +122,8 @@ def run_fleet(
                 tcti=swtpms[tpm_dirs[node]].tcti,
                 state_dir=root / "agents" / node,
                 rpc_timeout_seconds=10,
+                # Both AK kinds a fleet has in the field: ECC P-256 and RSA-2048.
+                ak_algorithm="rsa" if nodes.index(node) % 2 else "ecc",
             )
             try:
                 with Tpm(agent_config.tcti, agent_config.ek_kind) as tpm:
@@ -137,6 +140,7 @@ def run_fleet(
                 verdict.reason,
                 expected,
                 _as_expected(scenario.expect, verdict),
+                ak={"ecc": "ECC P-256 AK", "rsa": "RSA-2048 AK"}[agent_config.ak_algorithm],
             )
 
         results: dict[str, NodeResult] = {}
