@@ -422,8 +422,15 @@ def windowed(
             inflight.append((index, future))
         while inflight:
             finish()
+    latencies = [e - s for s, e in zip(starts, ends, strict=True)]
+    return _phase(latencies, responses, errors, measured)
+
+
+def _phase(
+    latencies: list[int], responses: list[Any], errors: list[str], measured: dict[str, Any]
+) -> Phase:
     return Phase(
-        [e - s for s, e in zip(starts, ends, strict=True)],
+        latencies,
         measured["wall_ns"],
         responses,
         errors,
@@ -449,17 +456,7 @@ def sequential(method: Any, requests: Sequence[Any], meter: Meter, *, timeout: f
                 responses.append(None)
                 errors.append(f"#{index}: {exc.code().name}: {exc.details()}")
             latencies.append(clock() - start)
-    return Phase(
-        latencies,
-        measured["wall_ns"],
-        responses,
-        errors,
-        measured["server_cpu_s"],
-        measured["client_cpu_s"],
-        measured["postgres_cpu_s"],
-        measured["cores"],
-        measured.get("postgres_sessions"),
-    )
+    return _phase(latencies, responses, errors, measured)
 
 
 def challenge_requests(fleet: Fleet, count: int) -> list[pb.ChallengeRequest]:

@@ -8,7 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lightgate.wire.v1 import attestation_pb2 as pb
 from verifier.evidence.errors import TpmStructureMalformed
-from verifier.evidence.quote import MAX_PCRS, PcrValues
+from verifier.evidence.quote import PcrValues, check_pcr_bank
 from verifier.evidence.tpm_structures import HashAlg, PcrSelection
 
 STATUS_TO_WIRE = {
@@ -61,14 +61,6 @@ def pcr_values_from_wire(banks: list[pb.PcrBankValues]) -> PcrValues:
             raise TpmStructureMalformed("PcrBankValues", 0, str(exc)) from None
         if alg in values:
             raise TpmStructureMalformed("PcrBankValues", 0, f"bank {bank.hash} appears twice")
-        digests = dict(bank.values)
-        for index, digest in digests.items():
-            if index >= MAX_PCRS or len(digest) != alg.digest_size:
-                raise TpmStructureMalformed(
-                    "PcrBankValues",
-                    0,
-                    f"{alg.bank_name}:{index}: index must be < {MAX_PCRS}, "
-                    f"digest {alg.digest_size} bytes (got {len(digest)})",
-                )
-        values[alg] = digests
+        values[alg] = dict(bank.values)
+        check_pcr_bank(alg, values[alg])
     return PcrValues(values)

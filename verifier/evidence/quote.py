@@ -79,9 +79,8 @@ class PcrValues:
                 raise TpmStructureMalformed("PCR values", 0, str(exc)) from None
             if not isinstance(values, dict):
                 raise TpmStructureMalformed("PCR values", 0, f"bank {bank_name} is not an object")
-            banks[bank] = {}
-            for index, value in values.items():
-                banks[bank][_pcr_index(index)] = _pcr_digest(bank, index, value)
+            banks[bank] = {_pcr_index(i): _pcr_digest(bank, i, v) for i, v in values.items()}
+            check_pcr_bank(bank, banks[bank])
         return cls(banks)
 
     def to_json(self) -> dict[str, dict[str, str]]:
@@ -97,30 +96,34 @@ class PcrValues:
 MAX_PCRS = 32  # a TPMS_PCR_SELECTION bitmap holds at most 4 bytes
 
 
+def check_pcr_bank(bank: HashAlg, digests: Mapping[int, bytes]) -> None:
+    """Every index a PCR a TPM can have, every value a digest of the bank's size; the
+    one check PCR values pass however they arrived (JSON, the wire)."""
+    for index, digest in digests.items():
+        if not 0 <= index < MAX_PCRS:
+            raise TpmStructureMalformed("PCR values", 0, f"PCR index {index} out of range")
+        if len(digest) != bank.digest_size:
+            raise TpmStructureMalformed(
+                "PCR values",
+                0,
+                f"{bank.bank_name}:{index} has {len(digest)} bytes, not {bank.digest_size}",
+            )
+
+
 def _pcr_index(index: object) -> int:
     text = str(index)
     if not (text.isascii() and text.isdigit() and len(text) <= 2):
         raise TpmStructureMalformed("PCR values", 0, f"PCR index {index!r}")
-    value = int(text)
-    if not 0 <= value < MAX_PCRS:
-        raise TpmStructureMalformed("PCR values", 0, f"PCR index {value} out of range")
-    return value
+    return int(text)
 
 
 def _pcr_digest(bank: HashAlg, index: object, value: object) -> bytes:
     try:
-        digest = bytes.fromhex(str(value))
+        return bytes.fromhex(str(value))
     except ValueError:
         raise TpmStructureMalformed(
             "PCR values", 0, f"{bank.bank_name}:{index} is not hex"
         ) from None
-    if len(digest) != bank.digest_size:
-        raise TpmStructureMalformed(
-            "PCR values",
-            0,
-            f"{bank.bank_name}:{index} has {len(digest)} bytes, not {bank.digest_size}",
-        )
-    return digest
 
 
 @dataclass(frozen=True)
