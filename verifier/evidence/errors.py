@@ -103,3 +103,55 @@ class ChecksFailed(EvidenceError):
     @property
     def reason(self) -> str:
         return "; ".join(f.reason for f in self.failures)
+
+
+class EventLogMalformed(EvidenceError):
+    """The measured-boot event log could not be parsed.
+
+    `offset` is the byte offset of the record that failed and `event` its number
+    (records are numbered from 0, the Spec ID header included), so an operator can
+    find the bytes with a hex dump.
+    """
+
+    check = "event-log-malformed"
+
+    def __init__(self, offset: int, event: int, detail: str, *, node_id: str | None = None) -> None:
+        self.offset = offset
+        self.event = event
+        self.detail = detail
+        super().__init__(f"event {event} at byte {offset}: {detail}", node_id=node_id)
+
+
+class EventDataMalformed(EvidenceError):
+    """An event's data does not hold the structure its event type defines.
+
+    Raised by the event-data parsers; claims extraction turns it into a finding rather
+    than refusing the whole log, because the log's digests (what the quote proves) are
+    still sound.
+    """
+
+    check = "event-data-malformed"
+
+    def __init__(self, structure: str, offset: int, detail: str) -> None:
+        self.structure = structure
+        self.offset = offset
+        super().__init__(f"{structure} at byte {offset}: {detail}")
+
+
+class EventLogReplayMismatch(EvidenceError):
+    """Replaying the event log does not give the quoted PCR values: the log is not the
+    boot the TPM measured (edited, truncated or from another boot)."""
+
+    check = "event-log-replay"
+
+
+class EventLogBankMissing(EvidenceError):
+    """The log has no digests for any bank the quote covers, so it cannot be checked."""
+
+    check = "event-log-bank"
+
+
+class EventLogMissing(EvidenceError):
+    """The verifier needs the boot event log to appraise this node, and none was sent."""
+
+    check = "event-log-missing"
