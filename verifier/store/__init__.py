@@ -12,6 +12,8 @@ from verifier.store.errors import (
 )
 from verifier.store.records import (
     AttestationRecord,
+    EvidenceRecord,
+    GoldenValuesRecord,
     NodeRecord,
     PendingEnrollment,
     ResultRecord,
@@ -23,6 +25,8 @@ __all__ = [
     "AttestationTransaction",
     "ChallengeNotAnswered",
     "EnrollmentNotPending",
+    "EvidenceRecord",
+    "GoldenValuesRecord",
     "NodeRecord",
     "PendingEnrollment",
     "ResultRecord",

@@ -28,6 +28,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -43,6 +44,7 @@ NAMING_CONVENTION = {
 }
 
 NODE_ID_LENGTH = 255
+GOLDEN_VALUES_NAME_LENGTH = 128
 _UINT64 = 1 << 64
 _INT64_MAX = (1 << 63) - 1
 
@@ -98,6 +100,12 @@ class Uint64(TypeDecorator[int]):
 # BIGINT keys on PostgreSQL (evidence grows by ~10^8 rows a day at 10^5 nodes); SQLite
 # assigns row ids only to a column declared exactly INTEGER PRIMARY KEY.
 RowId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+# JSON columns with a server default are JSONB on PostgreSQL: json has no equality
+# operator, and Alembic compares a default by asking the server whether the model's equals
+# the database's (test_store_migrations.py).  DEFAULT '[]' means the same on both backends.
+JSONWithDefault = JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> str:
@@ -225,6 +233,22 @@ class Nonce(Base):
     used_at: Mapped[datetime | None]
 
 
+class EventLog(Base):
+    """A boot event log as received, stored once under its SHA-256.
+
+    A node sends the same log with every quote until it reboots, so evidence refers to
+    logs by digest instead of holding a copy each (a log is tens of kilobytes; a node
+    attests every few minutes).
+    """
+
+    __tablename__ = "event_logs"
+
+    sha256: Mapped[bytes] = mapped_column(primary_key=True)
+    content: Mapped[bytes]
+    size: Mapped[int] = mapped_column(Integer)
+    first_seen: Mapped[datetime]
+
+
 class Evidence(Base):
     """A quote as received, kept so that an auditor can verify its result again."""
 
@@ -239,6 +263,7 @@ class Evidence(Base):
     quote_signature: Mapped[bytes]
     pcr_values: Mapped[dict[str, dict[str, str]]] = mapped_column(JSON)
     peer: Mapped[str] = mapped_column(String(255))
+    event_log_sha256: Mapped[bytes | None] = mapped_column(ForeignKey("event_logs.sha256"))
 
 
 class Result(Base):
@@ -258,6 +283,29 @@ class Result(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     rebooted: Mapped[bool]
     created_at: Mapped[datetime]
+    # The default fills the rows written before these columns existed (0003); the store
+    # always writes both.
+    findings: Mapped[list[str]] = mapped_column(JSONWithDefault, server_default="[]")
+    workarounds: Mapped[list[str]] = mapped_column(JSONWithDefault, server_default="[]")
+    # SQL NULL rather than JSON 'null' when the verifier wrote no claims.
+    claims: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+
+
+class GoldenValuesRow(Base):
+    """A named set of reference values, as imported (a file or a signed CoRIM).
+
+    `digest` is the importer's SHA-256 of the canonical document, so a result can name
+    exactly which golden values it was appraised against; `source` says where they came
+    from ("file:good.yaml", "corim:<signer fingerprint>").
+    """
+
+    __tablename__ = "golden_values"
+
+    name: Mapped[str] = mapped_column(String(GOLDEN_VALUES_NAME_LENGTH), primary_key=True)
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    digest: Mapped[bytes]
+    source: Mapped[str] = mapped_column(Text)
+    imported_at: Mapped[datetime]
 
 
 metadata = Base.metadata
@@ -277,5 +325,7 @@ PENDING_ENROLLMENTS = _table(PendingEnrollmentRow)
 JOIN_TOKENS = _table(JoinToken)
 NONCES = _table(Nonce)
 VERIFIER_SECRETS = _table(VerifierSecret)
+EVENT_LOGS = _table(EventLog)
 EVIDENCE = _table(Evidence)
 RESULTS = _table(Result)
+GOLDEN_VALUES = _table(GoldenValuesRow)

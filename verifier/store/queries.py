@@ -10,6 +10,7 @@ parameters in WHERE clauses are prefixed `where_`, as SET/VALUES reserve column 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -29,14 +30,24 @@ from sqlalchemy.engine import RowMapping
 from verifier.evidence.tpm_structures import ClockInfo
 from verifier.store.errors import StoreInconsistent
 from verifier.store.models import (
+    EVENT_LOGS,
     EVIDENCE,
+    GOLDEN_VALUES,
     KEYS,
     NODES,
     PENDING_ENROLLMENTS,
     RESULTS,
     VERIFIER_SECRETS,
 )
-from verifier.store.records import KEY_ACTIVE, KEY_AK, KEY_EK, NodeRecord, ResultRecord
+from verifier.store.records import (
+    KEY_ACTIVE,
+    KEY_AK,
+    KEY_EK,
+    EvidenceRecord,
+    GoldenValuesRecord,
+    NodeRecord,
+    ResultRecord,
+)
 
 _active_ek = KEYS.alias("active_ek")
 _active_ak = KEYS.alias("active_ak")
@@ -79,6 +90,7 @@ NODES_SELECT = select(
     )
 )
 NODE_BY_ID = NODES_SELECT.where(NODES.c.node_id == bindparam("node_id"))
+NODE_EXISTS = select(NODES.c.node_id).where(NODES.c.node_id == bindparam("node_id"))
 # The node row locked for the rest of the transaction (PostgreSQL; SQLite's write
 # transaction already excludes other writers): attestations of one node are serialised,
 # so each compares its counters with the one before.
@@ -111,15 +123,60 @@ RESULTS_FOR_NODE = (
         RESULTS.c.reason,
         RESULTS.c.rebooted,
         RESULTS.c.created_at,
+        RESULTS.c.findings,
+        RESULTS.c.workarounds,
     )
     .where(RESULTS.c.node_id == bindparam("node_id"))
     .order_by(RESULTS.c.created_at.desc(), RESULTS.c.id.desc())
     .limit(bindparam("limit", type_=Integer))
 )
 
+# A node's newest evidence, with the verdict on it and its event log.
+LAST_EVIDENCE = (
+    select(
+        EVIDENCE.c.id.label("evidence_id"),
+        EVIDENCE.c.node_id,
+        EVIDENCE.c.received_at,
+        EVIDENCE.c.pcr_values,
+        EVENT_LOGS.c.content.label("event_log"),
+        RESULTS.c.status,
+        RESULTS.c.claims,
+        RESULTS.c.id.label("result_id"),
+    )
+    .select_from(
+        EVIDENCE.join(RESULTS, RESULTS.c.evidence_id == EVIDENCE.c.id).outerjoin(
+            EVENT_LOGS, EVENT_LOGS.c.sha256 == EVIDENCE.c.event_log_sha256
+        )
+    )
+    .where(EVIDENCE.c.node_id == bindparam("node_id"))
+    .order_by(EVIDENCE.c.received_at.desc(), EVIDENCE.c.id.desc())
+    .limit(1)
+)
+LAST_EVIDENCE_WITH_STATUS = LAST_EVIDENCE.where(RESULTS.c.status == bindparam("status"))
+
+EVENT_LOG_BY_SHA256 = select(EVENT_LOGS.c.content).where(EVENT_LOGS.c.sha256 == bindparam("sha256"))
+
+GOLDEN_VALUES_SELECT = select(
+    GOLDEN_VALUES.c.name,
+    GOLDEN_VALUES.c.document,
+    GOLDEN_VALUES.c.digest,
+    GOLDEN_VALUES.c.source,
+    GOLDEN_VALUES.c.imported_at,
+)
+GOLDEN_VALUES_BY_NAME = GOLDEN_VALUES_SELECT.where(GOLDEN_VALUES.c.name == bindparam("name"))
+
 SECRET_BY_NAME = select(VERIFIER_SECRETS.c.secret).where(
     VERIFIER_SECRETS.c.name == bindparam("name")
 )
+
+
+def _insert_on_conflict(dialect: str, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT that can say what to do when the primary key exists (ON CONFLICT)."""
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"the store supports SQLite and PostgreSQL, not {dialect}")
 
 
 def insert_ignoring_duplicates(dialect: str, table: Table) -> Executable:
@@ -127,11 +184,30 @@ def insert_ignoring_duplicates(dialect: str, table: Table) -> Executable:
     transaction (ON CONFLICT DO NOTHING); it returns the key of a row it added and no
     row otherwise (psycopg reports no rowcount for it)."""
     key = list(table.primary_key.columns)
-    if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing().returning(*key)
-    if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing().returning(*key)
-    raise NotImplementedError(f"the store supports SQLite and PostgreSQL, not {dialect}")
+    return _insert_on_conflict(dialect, table).on_conflict_do_nothing().returning(*key)
+
+
+def insert_or_replace(dialect: str, table: Table) -> Executable:
+    """INSERT that overwrites every other column when the primary key exists (ON CONFLICT
+    DO UPDATE): one statement, so concurrent writers of one key neither fail nor mix
+    their rows; the last to commit wins."""
+    statement = _insert_on_conflict(dialect, table)
+    key = list(table.primary_key.columns)
+    replaced = {c.name: statement.excluded[c.name] for c in table.columns if not c.primary_key}
+    return statement.on_conflict_do_update(index_elements=key, set_=replaced)
+
+
+# Built once per dialect, like the statements above (see the module docstring).
+@cache
+def insert_event_log(dialect: str) -> Executable:
+    """Stores an event log unless a log with its SHA-256 is stored already."""
+    return insert_ignoring_duplicates(dialect, EVENT_LOGS)
+
+
+@cache
+def put_golden_values(dialect: str) -> Executable:
+    """Stores golden values under their name, replacing any stored under it."""
+    return insert_or_replace(dialect, GOLDEN_VALUES)
 
 
 # The node after an attestation: an affirming one also moves the clock baseline.
@@ -191,8 +267,24 @@ def node_record(row: RowMapping) -> NodeRecord:
 def result_record(row: RowMapping) -> ResultRecord:
     """A RESULTS_FOR_NODE row as a ResultRecord."""
     fields: dict[str, Any] = dict(row)
-    fields["failed_checks"] = tuple(fields["failed_checks"])
+    for name in ("failed_checks", "findings", "workarounds"):
+        fields[name] = tuple(fields[name])
     return ResultRecord(**fields)
+
+
+def evidence_record(row: RowMapping) -> EvidenceRecord:
+    """A LAST_EVIDENCE row as an EvidenceRecord."""
+    fields: dict[str, Any] = dict(row)
+    if fields["event_log"] is not None:
+        fields["event_log"] = bytes(fields["event_log"])
+    return EvidenceRecord(**fields)
+
+
+def golden_values_record(row: RowMapping) -> GoldenValuesRecord:
+    """A GOLDEN_VALUES_SELECT row as a GoldenValuesRecord."""
+    fields: dict[str, Any] = dict(row)
+    fields["digest"] = bytes(fields["digest"])
+    return GoldenValuesRecord(**fields)
 
 
 def insert_id(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from verifier.evidence.tpm_structures import ClockInfo
 
@@ -77,6 +78,9 @@ class AttestationRecord:
 
     `clock` is the quote's TPMS_CLOCK_INFO, set when the quote was accepted; an
     'affirming' record must carry it, since it becomes the node's counter baseline.
+    `event_log` is the boot event log as received (stored once per distinct log, under
+    its SHA-256); `findings`, `workarounds` and `claims` are the verifier's account of
+    it, kept with the result.
     """
 
     node_id: str
@@ -91,6 +95,10 @@ class AttestationRecord:
     reason: str | None
     clock: ClockInfo | None
     rebooted: bool
+    event_log: bytes | None = None
+    findings: tuple[str, ...] = ()
+    workarounds: tuple[str, ...] = ()
+    claims: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,3 +113,34 @@ class ResultRecord:
     reason: str | None
     rebooted: bool
     created_at: datetime
+    findings: tuple[str, ...] = ()
+    workarounds: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EvidenceRecord:
+    """Stored evidence with its boot event log and the verdict on it (`result_id`)."""
+
+    evidence_id: int
+    node_id: str
+    received_at: datetime
+    pcr_values: dict[str, dict[str, str]]
+    event_log: bytes | None
+    status: str
+    claims: dict[str, Any] | None
+    result_id: int
+
+
+@dataclass(frozen=True)
+class GoldenValuesRecord:
+    """A named set of golden values as imported.
+
+    `digest` is SHA-256 of the canonical document, computed by the importer; `source`
+    says where the values came from ("file:good.yaml", "corim:<signer fingerprint>").
+    """
+
+    name: str
+    document: dict[str, Any]
+    digest: bytes
+    source: str
+    imported_at: datetime

@@ -13,9 +13,11 @@ the row spent it).
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from dataclasses import asdict
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -29,10 +31,20 @@ from verifier.store import enrollment, queries
 from verifier.store.engine import WRITE, create_store_engine, is_sqlite_memory
 from verifier.store.errors import StoreInconsistent, UnknownNode
 from verifier.store.migrate import upgrade
-from verifier.store.models import JOIN_TOKENS, NODES, NONCES, VERIFIER_SECRETS
+from verifier.store.models import (
+    GOLDEN_VALUES,
+    GOLDEN_VALUES_NAME_LENGTH,
+    JOIN_TOKENS,
+    NODES,
+    NONCES,
+    VERIFIER_SECRETS,
+)
 from verifier.store.records import (
+    RESULT_STATUSES,
     STATUS_AFFIRMING,
     AttestationRecord,
+    EvidenceRecord,
+    GoldenValuesRecord,
     NodeRecord,
     PendingEnrollment,
     ResultRecord,
@@ -40,7 +52,8 @@ from verifier.store.records import (
 
 
 class Store:
-    """Nodes, their keys and enrollments, join tokens, nonces, evidence and results.
+    """Nodes, their keys and enrollments, join tokens, nonces, evidence and results,
+    boot event logs, and golden values.
 
     `Store(url)` opens the database as it is; `Store.open(url)` migrates it to the
     current schema first, which is what the verifier does at start.
@@ -209,7 +222,8 @@ class Store:
         """Store evidence and result, and move the node's state, in one transaction.
 
         Only an 'affirming' result moves the clock baseline and counts a reboot; any
-        other status records when and how the node last attested, nothing more.
+        other status records when and how the node last attested, nothing more.  The
+        event log is stored once however many attestations send it (keyed by SHA-256).
         Raises UnknownNode for a node not stored, ValueError for an affirming
         attestation without the quote's clock.
         """
@@ -233,6 +247,74 @@ class Store:
                 queries.RESULTS_FOR_NODE, {"node_id": node_id, "limit": limit}
             )
             return [queries.result_record(row._mapping) for row in rows]
+
+    def last_evidence(
+        self, node_id: str, status: str | None = STATUS_AFFIRMING
+    ) -> EvidenceRecord | None:
+        """The node's newest evidence whose result has `status` (any result when None),
+        with its event log; None when it has none.
+
+        Raises UnknownNode for a node not stored, ValueError for a status no result has
+        (a misspelt status would otherwise find nothing, forever).
+        """
+        if status is not None and status not in RESULT_STATUSES:
+            raise ValueError(f"{status!r} is not a result status {RESULT_STATUSES}")
+        with self._read() as connection:
+            if status is None:
+                row = connection.execute(queries.LAST_EVIDENCE, {"node_id": node_id}).first()
+            else:
+                row = connection.execute(
+                    queries.LAST_EVIDENCE_WITH_STATUS, {"node_id": node_id, "status": status}
+                ).first()
+            if row is None:
+                if connection.execute(queries.NODE_EXISTS, {"node_id": node_id}).first() is None:
+                    raise UnknownNode(node_id)
+                return None
+        return queries.evidence_record(row._mapping)
+
+    def event_log(self, sha256: bytes) -> bytes | None:
+        """The event log whose SHA-256 is `sha256`, as received; None if none is stored."""
+        with self._read() as connection:
+            content = connection.execute(queries.EVENT_LOG_BY_SHA256, {"sha256": sha256}).scalar()
+        return None if content is None else bytes(content)
+
+    # Golden values
+
+    def put_golden_values(
+        self, name: str, document: dict[str, Any], digest: bytes, source: str, now: datetime
+    ) -> GoldenValuesRecord:
+        """Store `document` as the golden values called `name`, replacing any stored under
+        that name, in one statement.  `digest` is the caller's SHA-256 of the canonical
+        document; `source` says where it came from."""
+        if not 0 < len(name) <= GOLDEN_VALUES_NAME_LENGTH:
+            # PostgreSQL would refuse a longer name and SQLite keep it: refuse on both.
+            raise ValueError(
+                f"golden values name must be 1 to {GOLDEN_VALUES_NAME_LENGTH} characters,"
+                f" not {len(name)}"
+            )
+        record = GoldenValuesRecord(
+            name=name, document=document, digest=digest, source=source, imported_at=now
+        )
+        with self._write() as connection:
+            connection.execute(queries.put_golden_values(connection.dialect.name), asdict(record))
+        return record
+
+    def golden_values(self) -> list[GoldenValuesRecord]:
+        """Every stored set of golden values, ordered by name."""
+        with self._read() as connection:
+            rows = connection.execute(queries.GOLDEN_VALUES_SELECT.order_by(GOLDEN_VALUES.c.name))
+            return [queries.golden_values_record(row._mapping) for row in rows]
+
+    def get_golden_values(self, name: str) -> GoldenValuesRecord | None:
+        with self._read() as connection:
+            row = connection.execute(queries.GOLDEN_VALUES_BY_NAME, {"name": name}).first()
+        return None if row is None else queries.golden_values_record(row._mapping)
+
+    def drop_golden_values(self, name: str) -> bool:
+        """Forget the golden values called `name`; False when none were stored."""
+        with self._write() as connection:
+            dropped = connection.execute(delete(GOLDEN_VALUES).where(GOLDEN_VALUES.c.name == name))
+            return dropped.rowcount == 1
 
 
 class AttestationTransaction:
@@ -271,6 +353,7 @@ def _record_attestation(connection: Connection, attestation: AttestationRecord) 
     node_update, node_values = _node_update(attestation)
     if connection.execute(node_update, node_values).rowcount != 1:
         raise UnknownNode(attestation.node_id)
+    event_log_sha256 = _store_event_log(connection, attestation)
     evidence_id = queries.insert_id(
         connection,
         queries.INSERT_EVIDENCE,
@@ -282,6 +365,7 @@ def _record_attestation(connection: Connection, attestation: AttestationRecord) 
             "quote_signature": attestation.quote_signature,
             "pcr_values": attestation.pcr_values,
             "peer": attestation.peer,
+            "event_log_sha256": event_log_sha256,
         },
     )
     result_id = queries.insert_id(
@@ -295,6 +379,9 @@ def _record_attestation(connection: Connection, attestation: AttestationRecord) 
             "reason": attestation.reason,
             "rebooted": attestation.rebooted,
             "created_at": attestation.received_at,
+            "findings": list(attestation.findings),
+            "workarounds": list(attestation.workarounds),
+            "claims": attestation.claims,
         },
     )
     return ResultRecord(
@@ -306,7 +393,27 @@ def _record_attestation(connection: Connection, attestation: AttestationRecord) 
         reason=attestation.reason,
         rebooted=attestation.rebooted,
         created_at=attestation.received_at,
+        findings=tuple(attestation.findings),
+        workarounds=tuple(attestation.workarounds),
     )
+
+
+def _store_event_log(connection: Connection, attestation: AttestationRecord) -> bytes | None:
+    """Store the attestation's event log unless a node sent the same log before (a node
+    re-attesting within one boot sends the same bytes); returns its SHA-256."""
+    if attestation.event_log is None:
+        return None
+    sha256 = hashlib.sha256(attestation.event_log).digest()
+    connection.execute(
+        queries.insert_event_log(connection.dialect.name),
+        {
+            "sha256": sha256,
+            "content": attestation.event_log,
+            "size": len(attestation.event_log),
+            "first_seen": attestation.received_at,
+        },
+    )
+    return sha256
 
 
 def _get_node(connection: Connection, node_id: str) -> NodeRecord | None:

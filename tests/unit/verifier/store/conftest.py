@@ -11,6 +11,7 @@ import socket
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine
@@ -145,6 +146,10 @@ def make_attestation(now: datetime) -> MakeAttestation:
         failed_checks: tuple[str, ...] = (),
         reason: str | None = None,
         received_at: datetime | None = None,
+        event_log: bytes | None = None,
+        findings: tuple[str, ...] = (),
+        workarounds: tuple[str, ...] = (),
+        claims: dict[str, Any] | None = None,
     ) -> AttestationRecord:
         return AttestationRecord(
             node_id=node_id,
@@ -159,6 +164,10 @@ def make_attestation(now: datetime) -> MakeAttestation:
             reason=reason,
             clock=clock,
             rebooted=rebooted,
+            event_log=event_log,
+            findings=findings,
+            workarounds=workarounds,
+            claims=claims,
         )
 
     return make

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from threading import Barrier
 
@@ -10,17 +11,17 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import CheckConstraint, Engine, inspect
+from sqlalchemy import CheckConstraint, Engine, inspect, text
 
-from verifier.store import Store
+from verifier.store import AttestationRecord, Store
 from verifier.store.engine import create_store_engine
 from verifier.store.migrate import alembic_config, upgrade
 from verifier.store.models import metadata
 
-HEAD = "0002"
+HEAD = "0003"
 TABLES = {
     "nodes", "keys", "pending_enrollments", "join_tokens", "nonces", "evidence", "results",
-    "verifier_secrets",
+    "verifier_secrets", "event_logs", "golden_values",
 }  # fmt: skip
 
 
@@ -107,3 +108,99 @@ def test_replicas_starting_together_migrate_once(database_url: str, db: Engine) 
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(start, range(4))) == [[]] * 4
     assert _revision(db) == HEAD
+
+
+# Data written by an older revision: raw SQL, as the models describe only the newest.
+_NODE_0002 = "INSERT INTO nodes (node_id, state, created_at) VALUES ('node-old', 'enrolled', :at)"
+_EVIDENCE_0002 = (
+    "INSERT INTO evidence (node_id, received_at, nonce, quote_message, quote_signature,"
+    " pcr_values, peer) VALUES ('node-old', :at, :blob, :blob, :blob, :pcrs, 'ipv4:10.0.0.9:1')"
+)
+_RESULT_0002 = (
+    "INSERT INTO results (node_id, evidence_id, status, failed_checks, reason, rebooted,"
+    " created_at) SELECT 'node-old', id, 'contraindicated', :failed, 'pcr-digest', :no, :at"
+    " FROM evidence"
+)
+
+
+def _write_0002_rows(engine: Engine) -> None:
+    at = datetime(2026, 11, 1, 12, 0)  # naive UTC, as 0001 stores datetimes
+    with engine.begin() as connection:
+        connection.execute(text(_NODE_0002), {"at": at})
+        connection.execute(
+            text(_EVIDENCE_0002), {"at": at, "blob": b"\x01" * 32, "pcrs": '{"sha256": {}}'}
+        )
+        connection.execute(text(_RESULT_0002), {"at": at, "failed": '["pcr-digest"]', "no": False})
+
+
+def _downgrade(engine: Engine, revision: str) -> None:
+    with engine.connect() as connection:
+        command.downgrade(alembic_config(connection), revision)
+        connection.commit()
+
+
+def test_0003_keeps_results_written_before_it(database_url: str, db: Engine) -> None:
+    engine = create_store_engine(database_url)
+    try:
+        upgrade(engine, "0002")
+        _write_0002_rows(engine)
+
+        upgrade(engine, "0003")
+        with Store(database_url) as store:
+            (old,) = store.results_for("node-old")
+            assert (old.failed_checks, old.findings, old.workarounds) == (("pcr-digest",), (), ())
+            evidence = store.last_evidence("node-old", status=None)
+            assert evidence is not None
+            assert (evidence.event_log, evidence.claims) == (None, None)
+    finally:
+        engine.dispose()
+
+
+def test_0003_downgrades_with_logs_stored(database_url: str, db: Engine) -> None:
+    engine = create_store_engine(database_url)
+    try:
+        upgrade(engine, "0002")
+        _write_0002_rows(engine)
+        upgrade(engine, "0003")
+        with Store(database_url) as store:
+            store.record_attestation(
+                AttestationRecord(
+                    node_id="node-old",
+                    received_at=datetime.now(UTC),
+                    nonce=b"\x02" * 32,
+                    quote_message=b"\xffTCG",
+                    quote_signature=b"sig",
+                    pcr_values={"sha256": {}},
+                    peer="ipv4:10.0.0.9:2",
+                    status="warning",
+                    failed_checks=(),
+                    reason=None,
+                    clock=None,
+                    rebooted=False,
+                    event_log=b"event log",
+                    findings=("secure-boot-off",),
+                    claims={"secure_boot": False},
+                )
+            )
+            store.put_golden_values("good", {}, b"\x00" * 32, "file:good.yaml", datetime.now(UTC))
+
+        _downgrade(engine, "0002")
+
+        assert _revision(db) == "0002"
+        inspector = inspect(db)
+        assert set(inspector.get_table_names()) == TABLES - {"event_logs", "golden_values"} | {
+            "alembic_version"
+        }
+        assert "event_log_sha256" not in {c["name"] for c in inspector.get_columns("evidence")}
+        assert {c["name"] for c in inspector.get_columns("results")}.isdisjoint(
+            {"findings", "workarounds", "claims"}
+        )
+        with db.connect() as connection:
+            counts = connection.execute(
+                text("SELECT (SELECT COUNT(*) FROM evidence), (SELECT COUNT(*) FROM results)")
+            ).one()
+        assert tuple(counts) == (2, 2)
+        upgrade(engine)
+        assert _revision(db) == HEAD
+    finally:
+        engine.dispose()
