@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ATTEST := $(VENV)/bin/attest
 
-.PHONY: setup demo test lint typecheck pytest proto bench clean
+.PHONY: setup demo test lint typecheck pytest proto fixtures bench fuzz clean
 
 setup:
 	@bash scripts/setup.sh
@@ -27,9 +27,29 @@ pytest:
 proto: setup
 	$(PY) -m lightgate.wire.generate
 
+# Rebuild firmware-fixtures/*.bin from firmware-fixtures/boots/*.yaml (a unit test checks them).
+fixtures: setup
+	$(PY) -m lightgate.sim.firmware
+
 bench: setup
 	$(PY) benchmarks/quote_verify.py
 	$(PY) benchmarks/attest_rpc.py
+	$(PY) benchmarks/eventlog.py
+
+# Fuzz the event-log parser and replay (fuzz/README.md) for FUZZ_SECONDS, seeded with
+# the shared firmware logs when they are there.  New inputs and any crash-* file go to
+# FUZZ_DIR, outside the repo.
+ATHERIS := atheris==3.0.0
+FUZZ_SECONDS ?= 60
+FUZZ_LOGS ?= ../shared/firmware-logs
+FUZZ_DIR ?= /tmp/lightgate-fuzz
+
+fuzz:
+	@$(PY) -c "import atheris" 2>/dev/null || $(VENV)/bin/pip install '$(ATHERIS)'
+	@mkdir -p $(FUZZ_DIR)/corpus
+	$(PY) fuzz/eventlog_fuzz.py $(if $(wildcard $(FUZZ_LOGS)/*.bin),-seed_dir=$(FUZZ_LOGS)) \
+		-max_total_time=$(FUZZ_SECONDS) -max_len=65536 -artifact_prefix=$(FUZZ_DIR)/ \
+		$(FUZZ_DIR)/corpus
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache
