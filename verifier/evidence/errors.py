@@ -155,3 +155,15 @@ class EventLogMissing(EvidenceError):
     """The verifier needs the boot event log to appraise this node, and none was sent."""
 
     check = "event-log-missing"
+
+
+class GoldenValuesMissing(EvidenceError):
+    """No golden values are active, so the boot cannot be appraised (closed by default)."""
+
+    check = "golden-values-missing"
+
+
+class GoldenValuesDeviation(EvidenceError):
+    """The boot's claims differ from every active golden-values document."""
+
+    check = "golden-values"

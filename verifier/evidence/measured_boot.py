@@ -106,9 +106,11 @@ def verify_event_log(
     *,
     log_pcrs: frozenset[int] = DEFAULT_LOG_PCRS,
     node_id: str | None = None,
+    plain: Replay | None = None,
 ) -> VerifiedEventLog:
     """Replay `log` and compare with the quoted PCR values; raises EventLogBankMissing or
-    EventLogReplayMismatch naming every PCR that differs."""
+    EventLogReplayMismatch naming every PCR that differs.  `plain` is `replay(log)` when
+    the caller has it already (a cache)."""
     banks = tuple(bank for bank in quoted if bank in log.banks)
     if not banks:
         have = ", ".join(b.bank_name for b in log.banks) or "none"
@@ -116,7 +118,8 @@ def verify_event_log(
         raise EventLogBankMissing(
             f"the quote covers {want}; the log has digests for {have}", node_id=node_id
         )
-    plain = replay(log)
+    if plain is None:
+        plain = replay(log)
     mismatches = compare(log, plain, quoted, banks, log_pcrs)
     result, applied = plain, []
     for workaround in WORKAROUNDS:

@@ -1,0 +1,169 @@
+"""Measured-boot appraisal: event log + verified quote + golden values → findings.
+
+Orchestration of pure parts (`evidence.eventlog`, `evidence.measured_boot`,
+`evidence.claims`, `golden.values`) with one piece of state: a bounded cache keyed by the
+log's SHA-256, so a node re-attesting with the same boot costs no re-parse, no replay
+and no claims extraction.  No I/O: golden values are handed in.
+
+Closed by default: a missing log (when required), a malformed log, a replay that does
+not reach the quoted PCRs, no golden values, or a deviation from them each refuse trust
+with a named check.  Event-data findings are reported, not refused: policy decides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from verifier.evidence.claims import BootClaims, claims_of
+from verifier.evidence.errors import (
+    EventLogMalformed,
+    EventLogMissing,
+    EvidenceError,
+    GoldenValuesDeviation,
+    GoldenValuesMissing,
+)
+from verifier.evidence.eventlog import EventLog, Replay, parse_event_log, replay
+from verifier.evidence.measured_boot import DEFAULT_LOG_PCRS, verify_event_log
+from verifier.evidence.quote import PcrValues
+from verifier.golden.values import GoldenValues, appraise
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+@dataclass(frozen=True, slots=True)
+class BootAppraisal:
+    """What the boot log added to an attestation."""
+
+    failures: tuple[EvidenceError, ...]
+    findings: tuple[str, ...]
+    workarounds: tuple[str, ...]
+    claims: BootClaims | None
+    golden: str | None  # the golden-values document the claims matched
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+_NO_LOG = BootAppraisal((), (), (), None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    log: EventLog | None
+    plain: Replay | None
+    error: EventLogMalformed | None
+
+
+class BootAppraiser:
+    """Appraises boot logs; safe to share between the verifier's worker threads."""
+
+    def __init__(
+        self,
+        *,
+        require_event_log: bool = True,
+        log_pcrs: frozenset[int] = DEFAULT_LOG_PCRS,
+        max_event_log_bytes: int = 4 * 1024 * 1024,
+        cache_entries: int = 1024,
+    ) -> None:
+        self._require = require_event_log
+        self._log_pcrs = log_pcrs
+        self._max_bytes = max_event_log_bytes
+        self._entries = cache_entries
+        self._parsed: OrderedDict[bytes, _Parsed] = OrderedDict()
+        self._claims: OrderedDict[tuple[bytes, frozenset[int], tuple[str, ...]], BootClaims] = (
+            OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def appraise(
+        self,
+        node_id: str,
+        raw_log: bytes,
+        quoted: PcrValues,
+        golden: Sequence[GoldenValues],
+    ) -> BootAppraisal:
+        if not raw_log:
+            if not self._require:
+                return _NO_LOG
+            missing = EventLogMissing("the node sent no boot event log", node_id=node_id)
+            return BootAppraisal((missing,), (), (), None, None)
+        parsed = self._parse(raw_log)
+        if parsed.error is not None or parsed.log is None:
+            error = parsed.error or EventLogMalformed(0, 0, "unparsed")
+            refusal = EventLogMalformed(error.offset, error.event, error.detail, node_id=node_id)
+            return BootAppraisal((refusal,), (), (), None, None)
+        try:
+            verified = verify_event_log(
+                parsed.log,
+                quoted.banks,
+                log_pcrs=self._log_pcrs,
+                node_id=node_id,
+                plain=parsed.plain,
+            )
+        except EvidenceError as refusal:
+            return BootAppraisal((refusal,), (), (), None, None)
+        key = (parsed.log.sha256, verified.verified_pcrs, verified.workarounds)
+        claims = self._cached_claims(key)
+        if claims is None:
+            claims = claims_of(verified)
+            self._remember(self._claims, key, claims)
+        findings = tuple(f.describe() for f in claims.findings)
+        failures: tuple[EvidenceError, ...] = ()
+        outcome = appraise(claims, golden)
+        if not golden:
+            failures = (
+                GoldenValuesMissing(
+                    "no golden values are imported (attest golden import)", node_id=node_id
+                ),
+            )
+        elif outcome.matched is None:
+            deviations = "; ".join(d.describe() for d in outcome.deviations)
+            failures = (
+                GoldenValuesDeviation(
+                    f"closest golden values {outcome.closest!r}: {deviations}", node_id=node_id
+                ),
+            )
+        deviation_lines = tuple(d.describe() for d in outcome.deviations)
+        return BootAppraisal(
+            failures, deviation_lines + findings, verified.workarounds, claims, outcome.matched
+        )
+
+    def _parse(self, raw: bytes) -> _Parsed:
+        key = hashlib.sha256(raw).digest()
+        with self._lock:
+            cached = self._parsed.get(key)
+            if cached is not None:
+                self._parsed.move_to_end(key)
+                return cached
+        try:
+            log = parse_event_log(raw, max_size=self._max_bytes)
+            parsed = _Parsed(log, replay(log), None)
+        except EventLogMalformed as error:
+            parsed = _Parsed(None, None, error)
+        self._remember(self._parsed, key, parsed)
+        return parsed
+
+    def _cached_claims(
+        self, key: tuple[bytes, frozenset[int], tuple[str, ...]]
+    ) -> BootClaims | None:
+        with self._lock:
+            claims = self._claims.get(key)
+            if claims is not None:
+                self._claims.move_to_end(key)
+            return claims
+
+    def _remember(self, cache: OrderedDict[K, V], key: K, value: V) -> None:
+        if self._entries <= 0:
+            return
+        with self._lock:
+            cache[key] = value
+            cache.move_to_end(key)
+            while len(cache) > self._entries:
+                cache.popitem(last=False)

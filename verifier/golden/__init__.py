@@ -1,0 +1,2 @@
+"""Golden values: reference values for boot claims, how they are learned, compared,
+diffed, and exchanged as signed CoRIM."""
