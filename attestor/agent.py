@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 
+from attestor.collect.boot_log import read_boot_log
 from attestor.tpm import AkBlobs, Tpm, TpmError
 from lightgate import sdnotify
 from lightgate.config import AgentConfig
@@ -167,12 +168,15 @@ class Agent:
     def collect(self, challenge: pb.ChallengeResponse) -> pb.AttestRequest:
         """Evidence for one challenge: a quote over its nonce and the PCRs it covers."""
         selection = convert.selection_from_wire(list(challenge.pcr_selection))
+        # Read the log before quoting: the quote must cover at least what the log says.
+        event_log = b"" if self.config.event_log is None else read_boot_log(self.config.event_log)
         message, signature, pcrs = self.tpm.quote_with_pcrs(self.ak, selection, challenge.nonce)
         return pb.AttestRequest(
             node_id=self.node_id,
             quote_message=message,
             quote_signature=signature,
             pcr_values=convert.pcr_values_to_wire(PcrValues(pcrs)),
+            event_log=event_log,
         )
 
     def submit(self, request: pb.AttestRequest) -> pb.AttestResponse:

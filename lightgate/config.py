@@ -97,6 +97,29 @@ class AttestationConfig(BaseModel):
         )
 
 
+class MeasuredBootConfig(BaseModel):
+    """How the UEFI boot event log is checked (verifier/evidence/measured_boot.py).
+
+    With `require_event_log` (the default) a node that sends no log is refused, and a
+    log's claims are appraised against the active golden values (`attest golden
+    import`); with no golden values imported, nodes are refused and the reason says so.
+    """
+
+    require_event_log: bool = True
+    log_pcrs: list[int] = Field(default_factory=lambda: list(range(10)))
+    max_event_log_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    replay_cache_entries: int = Field(default=1024, ge=0)
+    # Public keys or certificates (PEM) whose signature a CoRIM needs to be imported.
+    corim_trust: list[Path] = Field(default_factory=list)
+
+    @field_validator("log_pcrs")
+    @classmethod
+    def _valid_pcrs(cls, value: list[int]) -> list[int]:
+        if any(not 0 <= pcr <= 23 for pcr in value) or len(set(value)) != len(value):
+            raise ValueError("log_pcrs must be distinct PCR indices 0-23")
+        return value
+
+
 class VerifierConfig(_EnvFirst):
     model_config = SettingsConfigDict(
         env_prefix="LIGHTGATE_VERIFIER_", env_nested_delimiter="__", extra="forbid"
@@ -107,10 +130,11 @@ class VerifierConfig(_EnvFirst):
     database_url: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    max_message_bytes: int = Field(default=1 << 20, gt=1024)
+    max_message_bytes: int = Field(default=5 << 20, gt=1024)
     workers: int = Field(default=8, ge=1)
     enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig)
     attestation: AttestationConfig = Field(default_factory=AttestationConfig)
+    measured_boot: MeasuredBootConfig = Field(default_factory=MeasuredBootConfig)
 
     def database(self) -> str:
         return self.database_url or f"sqlite:///{self.state_dir / 'verifier.db'}"
@@ -134,6 +158,8 @@ class AgentConfig(_EnvFirst):
     rpc_timeout_seconds: float = Field(default=10.0, gt=0)
     backoff_initial_seconds: float = Field(default=1.0, gt=0)
     backoff_max_seconds: float = Field(default=60.0, gt=0)
+    # The UEFI measured-boot log; None sends none (the verifier may then refuse).
+    event_log: Path | None = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
 
 
 Settings = TypeVar("Settings", VerifierConfig, AgentConfig)

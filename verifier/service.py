@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 from lightgate.config import VerifierConfig
+from verifier.appraisal import BootAppraiser
 from verifier.credential import Credential, CredentialError, make_credential
 from verifier.enrollment import (
     TrustStore,
@@ -43,6 +44,7 @@ from verifier.errors import (
     NoPendingEnrollment,
     UnknownNode,
 )
+from verifier.evidence.claims import claims_json
 from verifier.evidence.errors import (
     ChecksFailed,
     EvidenceError,
@@ -63,6 +65,7 @@ from verifier.evidence.quote import (
 )
 from verifier.evidence.tpm_public import PublicArea, parse_public
 from verifier.evidence.tpm_structures import ClockInfo, PcrSelection
+from verifier.golden.values import GoldenValues, from_document
 from verifier.store import (
     AttestationRecord,
     AttestationTransaction,
@@ -74,6 +77,8 @@ from verifier.store import (
 )
 
 log = logging.getLogger("lightgate.verifier")
+
+GOLDEN_REFRESH_SECONDS = 5.0
 
 NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 NONCE_KEY = "nonce-hmac-sha256"
@@ -116,6 +121,8 @@ class AttestOutcome:
     result_id: int
     rebooted: bool
     attested_at: datetime
+    workarounds: tuple[str, ...] = ()
+    findings: tuple[str, ...] = ()
 
 
 def utc_now() -> datetime:
@@ -143,6 +150,14 @@ class Verifier:
             AttestationKey.from_bytes
         )
         self._enrolled_seen: dict[str, float] = {}
+        boot = config.measured_boot
+        self._boot = BootAppraiser(
+            require_event_log=boot.require_event_log,
+            log_pcrs=frozenset(boot.log_pcrs),
+            max_event_log_bytes=boot.max_event_log_bytes,
+            cache_entries=boot.replay_cache_entries,
+        )
+        self._golden: tuple[float, tuple[GoldenValues, ...]] = (-GOLDEN_REFRESH_SECONDS, ())
         self._nonce_key = store.shared_secret(NONCE_KEY, lambda: os.urandom(32), clock())
 
     # --- enrollment --------------------------------------------------------------------
@@ -274,7 +289,13 @@ class Verifier:
         return node_id
 
     def attest(
-        self, node_id: str, message: bytes, signature: bytes, pcr_values: PcrValues, peer: str = ""
+        self,
+        node_id: str,
+        message: bytes,
+        signature: bytes,
+        pcr_values: PcrValues,
+        peer: str = "",
+        event_log: bytes = b"",
     ) -> AttestOutcome:
         """Judge one quote, in one store transaction: the node's row (locked), the
         nonce spent, evidence and result written together, or nothing at all."""
@@ -299,6 +320,7 @@ class Verifier:
                 reason=None,
                 clock=None,
                 rebooted=False,
+                event_log=event_log or None,
             )
             assert node.ak_public is not None  # _require_enrolled guarantees an active AK
             try:
@@ -319,6 +341,8 @@ class Verifier:
             rebooted=record.rebooted,
             peer=peer,
             result_id=result.id,
+            workarounds=list(record.workarounds),
+            findings=len(record.findings),
         )
         return _outcome(record, result.id)
 
@@ -343,7 +367,29 @@ class Verifier:
         except EvidenceError as refusal:
             failures = refusal.failures if isinstance(refusal, ChecksFailed) else (refusal,)
             return _refused(record, failures)
+        boot = self._boot.appraise(
+            node.node_id, record.event_log or b"", verified.pcr_values, self._golden_values()
+        )
+        record = replace(
+            record,
+            findings=boot.findings,
+            workarounds=boot.workarounds,
+            claims=None if boot.claims is None else claims_json(boot.claims),
+        )
+        if not boot.passed:
+            return _refused(record, boot.failures)
         return _accepted(record, verified.clock_info, verified.rebooted)
+
+    def _golden_values(self) -> tuple[GoldenValues, ...]:
+        """The active golden values, re-read from the store every few seconds so an
+        import reaches every replica without a restart."""
+        read_at, documents = self._golden
+        now = time.monotonic()
+        if now - read_at < GOLDEN_REFRESH_SECONDS:
+            return documents
+        documents = tuple(from_document(row.document) for row in self._store.golden_values())
+        self._golden = (now, documents)
+        return documents
 
     def _spend(
         self, transaction: AttestationTransaction, value: bytes, node_id: str, now: datetime
@@ -366,6 +412,8 @@ def _outcome(record: AttestationRecord, result_id: int) -> AttestOutcome:
         result_id,
         record.rebooted,
         record.received_at,
+        record.workarounds,
+        record.findings,
     )
 
 

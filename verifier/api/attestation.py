@@ -104,6 +104,7 @@ class AttestationServicer(pb_grpc.AttestationServicer):
             request.quote_signature,
             pcr_values,
             peer=context.peer() or "",
+            event_log=request.event_log,
         )
         return pb.AttestResponse(
             status=convert.STATUS_TO_WIRE[outcome.status],
@@ -112,4 +113,6 @@ class AttestationServicer(pb_grpc.AttestationServicer):
             result_id=outcome.result_id,
             rebooted=outcome.rebooted,
             attested_at=convert.timestamp(outcome.attested_at),
+            workarounds=list(outcome.workarounds),
+            findings=list(outcome.findings),
         )

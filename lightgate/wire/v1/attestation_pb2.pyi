@@ -287,11 +287,16 @@ class AttestRequest(_message.Message):
     QUOTE_MESSAGE_FIELD_NUMBER: _builtins.int
     QUOTE_SIGNATURE_FIELD_NUMBER: _builtins.int
     PCR_VALUES_FIELD_NUMBER: _builtins.int
+    EVENT_LOG_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     quote_message: _builtins.bytes
     """TPMS_ATTEST as signed (a TPM2B_ATTEST is accepted too)."""
     quote_signature: _builtins.bytes
     """TPMT_SIGNATURE."""
+    event_log: _builtins.bytes
+    """The UEFI measured-boot event log as the kernel exposes it
+    (/sys/kernel/security/tpm0/binary_bios_measurements); empty when the node has none.
+    """
     @_builtins.property
     def pcr_values(self) -> _containers.RepeatedCompositeFieldContainer[Global___PcrBankValues]: ...
     def __init__(
@@ -301,10 +306,11 @@ class AttestRequest(_message.Message):
         quote_message: _builtins.bytes = ...,
         quote_signature: _builtins.bytes = ...,
         pcr_values: _abc.Iterable[Global___PcrBankValues] | None = ...,
+        event_log: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "pcr_values", b"pcr_values", "quote_message", b"quote_message", "quote_signature", b"quote_signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_log", b"event_log", "node_id", b"node_id", "pcr_values", b"pcr_values", "quote_message", b"quote_message", "quote_signature", b"quote_signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -320,6 +326,8 @@ class AttestResponse(_message.Message):
     RESULT_ID_FIELD_NUMBER: _builtins.int
     REBOOTED_FIELD_NUMBER: _builtins.int
     ATTESTED_AT_FIELD_NUMBER: _builtins.int
+    WORKAROUNDS_FIELD_NUMBER: _builtins.int
+    FINDINGS_FIELD_NUMBER: _builtins.int
     status: Global___TrustStatus.ValueType
     reason: _builtins.str
     """One line per failed check, naming node, PCR and expected/actual values."""
@@ -332,6 +340,14 @@ class AttestResponse(_message.Message):
 
     @_builtins.property
     def attested_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def workarounds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Firmware quirks the event-log replay needed (see verifier/evidence/measured_boot.py)."""
+
+    @_builtins.property
+    def findings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Golden-value deviations and event-data findings, one line each, by claim name."""
+
     def __init__(
         self,
         *,
@@ -341,10 +357,12 @@ class AttestResponse(_message.Message):
         result_id: _builtins.int = ...,
         rebooted: _builtins.bool = ...,
         attested_at: _timestamp_pb2.Timestamp | None = ...,
+        workarounds: _abc.Iterable[_builtins.str] | None = ...,
+        findings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attested_at", b"attested_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attested_at", b"attested_at", "failed_checks", b"failed_checks", "reason", b"reason", "rebooted", b"rebooted", "result_id", b"result_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attested_at", b"attested_at", "failed_checks", b"failed_checks", "findings", b"findings", "reason", b"reason", "rebooted", b"rebooted", "result_id", b"result_id", "status", b"status", "workarounds", b"workarounds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
