@@ -10,18 +10,20 @@ import re
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lightgate import logs
+from lightgate.cli_boot import eventlog_app, golden_app
+from lightgate.cli_common import CliError, ConfigOption, JsonOption, err, fail, out
 from lightgate.config import AgentConfig, ConfigError, VerifierConfig, load_config
 from lightgate.errors import Refusal
 
@@ -41,22 +43,8 @@ for sub, name in (
     (node_app, "node"),
 ):
     app.add_typer(sub, name=name)
-
-out = Console()
-err = Console(stderr=True)
-
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML configuration file.")
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as one `error:` line."""
-
-
-def _fail(message: str) -> NoReturn:
-    raise CliError(message)
+app.add_typer(eventlog_app, name="eventlog")
+app.add_typer(golden_app, name="golden")
 
 
 def _stop_on_signals() -> threading.Event:
@@ -200,11 +188,11 @@ def _check_quote_files(
     try:
         expected_nonce = bytes.fromhex(nonce)
     except ValueError:
-        _fail(f"--nonce {nonce!r} is not hex")
+        fail(f"--nonce {nonce!r} is not hex")
     try:
         pcr_document = json.loads(pcrs.read_text())
     except json.JSONDecodeError as exc:
-        _fail(f"{pcrs}: not JSON ({exc})")
+        fail(f"{pcrs}: not JSON ({exc})")
     key = AttestationKey.from_bytes(ak.read_bytes())
     quote = Quote.parse(message.read_bytes(), signature.read_bytes())
     quote_info = verify_quote_offline(key, quote, PcrValues.from_json(pcr_document), expected_nonce)
@@ -350,6 +338,10 @@ def main(argv: list[str] | None = None) -> None:
         OSError,
         ValueError,
     )
+    # Real firmware carries certificates that bend RFC 5280; cryptography warns about
+    # them on every parse.  The claims already say what the certificates are.
+    warnings.filterwarnings("ignore", module="cryptography")
+    warnings.filterwarnings("ignore", message="Attribute's length must be")
     command: Callable[..., Any] = typer.main.get_command(app)
     try:
         # click handles usage errors (exit 2) and Ctrl-C ("Aborted!", exit 1) itself.

@@ -1,0 +1,365 @@
+"""`attest eventlog` and `attest golden`: measured boot for people.
+
+Thin like the rest of the CLI: read files, call the pure modules, print.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from lightgate.cli_common import ConfigOption, JsonOption, fail, out, read_file
+from lightgate.config import VerifierConfig, load_config
+
+if TYPE_CHECKING:  # the modules load lazily so `attest --help` stays fast
+    from verifier.evidence.claims import BootClaims
+    from verifier.evidence.eventlog import EventLog
+    from verifier.golden.values import GoldenValues
+
+eventlog_app = typer.Typer(no_args_is_help=True, help="UEFI measured-boot event logs, offline.")
+golden_app = typer.Typer(no_args_is_help=True, help="Golden values for boot claims.")
+
+LogArgument = Annotated[Path, typer.Argument(help="Event log (binary_bios_measurements).")]
+CORIM_TAG_BYTE = 0xD2  # CBOR tag 18 (COSE_Sign1): what a signed CoRIM starts with
+
+
+# --- eventlog -------------------------------------------------------------------------
+
+
+def _parse(path: Path) -> EventLog:
+    from verifier.evidence.eventlog import MAX_EVENT_LOG_BYTES, parse_event_log
+
+    return parse_event_log(read_file(path, MAX_EVENT_LOG_BYTES), max_size=MAX_EVENT_LOG_BYTES)
+
+
+@eventlog_app.command("show")
+def eventlog_show(
+    path: LogArgument,
+    pcr: Annotated[list[int] | None, typer.Option(help="Only events of these PCRs.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The log's events as a table: number, PCR, type, digests and what the data says."""
+    from verifier.evidence.event_text import describe_event
+
+    log = _parse(path)
+    events = [e for e in log.events if not pcr or e.pcr in pcr]
+    if as_json:
+        rows = [
+            {
+                "event": e.number,
+                "offset": e.offset,
+                "pcr": e.pcr,
+                "type": e.type_name,
+                "digests": {_bank(alg): d.hex() for alg, d in e.digests},
+                "description": describe_event(e, log.uintn_size, limit=4096),
+                "data_size": len(e.data),
+            }
+            for e in events
+        ]
+        document = {
+            "format": str(log.format),
+            "banks": [b.bank_name for b in log.banks],
+            "startup_locality": log.startup_locality,
+            "sha256": log.sha256.hex(),
+            "events": rows,
+        }
+        out.print_json(json.dumps(document))
+        return
+    bank = log.banks[-1] if log.banks else None
+    table = Table("#", "PCR", "type", f"{bank.bank_name if bank else ''} digest", "data")
+    for event in events:
+        digest = event.digest(bank) if bank else None
+        table.add_row(
+            str(event.number),
+            "-1" if event.pcr == 0xFFFFFFFF else str(event.pcr),
+            event.type_name,
+            digest.hex()[:16] + "…" if digest else "-",
+            describe_event(event, log.uintn_size),
+        )
+    out.print(table)
+    locality = log.startup_locality
+    out.print(
+        f"{log.format}, banks {', '.join(b.bank_name for b in log.banks)}, "
+        f"{len(log.events)} events"
+        + (f", StartupLocality {locality}" if locality is not None else ""),
+        highlight=False,
+    )
+
+
+@eventlog_app.command("replay")
+def eventlog_replay(path: LogArgument, as_json: JsonOption = False) -> None:
+    """The PCR values the log's events produce, per bank, for every PCR it extends."""
+    from verifier.evidence.eventlog import replay
+
+    replayed = replay(_parse(path)).to_json()
+    if as_json:
+        out.print_json(json.dumps(replayed))
+        return
+    table = Table("bank", "PCR", "value")
+    for bank, values in replayed["banks"].items():
+        for index, value in values.items():
+            table.add_row(bank, index, value)
+    out.print(table)
+
+
+@eventlog_app.command("claims")
+def eventlog_claims(path: LogArgument, as_json: JsonOption = False) -> None:
+    """What the log says was booted (unverified: no quote vouches for it here)."""
+    from verifier.evidence.claims import claims_document, extract_claims, flatten
+
+    claims = extract_claims(_parse(path))
+    if as_json:
+        out.print_json(json.dumps(claims_document(claims)))
+        return
+    table = Table("claim", "value")
+    for name, value in flatten(claims).items():
+        shown = "\n".join(value) if isinstance(value, tuple) else str(value)
+        table.add_row(name, shown or "(empty)")
+    out.print(table)
+    for finding in claims.findings:
+        out.print(f"finding: {finding.describe()}", highlight=False)
+
+
+def _bank(alg: int) -> str:
+    from verifier.evidence.tpm_structures import HashAlg
+
+    try:
+        return HashAlg(alg).bank_name
+    except ValueError:
+        return f"0x{alg:04x}"
+
+
+# --- golden ---------------------------------------------------------------------------
+
+
+@golden_app.command("learn")
+def golden_learn(
+    name: Annotated[str, typer.Option(help="Name of the golden values.")],
+    log: Annotated[
+        list[Path] | None, typer.Option("--log", help="A known-good event log (repeatable).")
+    ] = None,
+    node: Annotated[
+        str | None, typer.Option(help="Learn from this node's last affirming evidence.")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here.")] = None,
+    author: Annotated[str | None, typer.Option(help="Who vouches for them.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Golden values from known-good boots, as a readable YAML document."""
+    from verifier.evidence.claims import extract_claims
+    from verifier.golden.values import learn, to_yaml
+
+    if not log and not node:
+        fail("give --log FILE (repeatable) or --node NODE")
+    claims: list[BootClaims] = []
+    sources: list[str] = []
+    for path in log or []:
+        parsed = _parse(path)
+        claims.append(extract_claims(parsed))
+        sources.append(f"eventlog:{path.name} sha256:{parsed.sha256.hex()}")
+    if node:
+        parsed_claims, source = _node_claims(node, config)
+        claims.append(parsed_claims)
+        sources.append(source)
+    provenance = {
+        "source": "; ".join(sources),
+        "created": datetime.now(UTC).replace(microsecond=0).isoformat(),
+        "author": author or f"{getpass.getuser()}@{socket.gethostname()}",
+        "tool": "attest golden learn",
+    }
+    document = to_yaml(learn(claims, name, provenance))
+    if output is None:
+        out.print(document, end="", highlight=False, markup=False, soft_wrap=True)
+        return
+    output.write_text(document)
+    out.print(f"wrote {output}", highlight=False)
+
+
+def _node_claims(node: str, config: Path | None) -> tuple[BootClaims, str]:
+    """Claims of the node's last affirming evidence, whose log its quote vouched for."""
+    from verifier.evidence.claims import claims_of
+    from verifier.evidence.eventlog import parse_event_log
+    from verifier.evidence.measured_boot import verify_event_log
+    from verifier.evidence.quote import PcrValues
+    from verifier.store import Store
+
+    settings = load_config(VerifierConfig, config)
+    store = Store.open(settings.database())
+    try:
+        evidence = store.last_evidence(node)
+    finally:
+        store.close()
+    if evidence is None:
+        fail(f"node {node} has no affirming attestation to learn from")
+    if not evidence.event_log:
+        fail(f"node {node}'s last affirming attestation carried no event log")
+    log = parse_event_log(evidence.event_log)
+    verified = verify_event_log(
+        log,
+        PcrValues.from_json(evidence.pcr_values).banks,
+        log_pcrs=frozenset(settings.measured_boot.log_pcrs),
+        node_id=node,
+    )
+    received = evidence.received_at.isoformat()
+    return claims_of(verified), f"node:{node} evidence {evidence.evidence_id} ({received})"
+
+
+@golden_app.command("export")
+def golden_export(
+    path: Annotated[Path, typer.Argument(help="Golden values (YAML).")],
+    corim: Annotated[bool, typer.Option("--corim", help="Write a signed CoRIM.")] = False,
+    key: Annotated[
+        Path | None, typer.Option(help="Signing key (PEM: P-256, P-384 or Ed25519).")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+) -> None:
+    """Golden values as a signed CoRIM (CBOR, COSE_Sign1) for other verifiers."""
+    from verifier.golden.corim import export_corim, load_signing_key
+
+    from verifier.golden.values import from_yaml
+
+    if not corim:
+        fail("only --corim export exists; the YAML is already the readable form")
+    if key is None:
+        fail("--corim needs --key KEY.pem to sign with")
+    golden = from_yaml(read_file(path).decode("utf-8", errors="replace"))
+    signed = export_corim(golden, load_signing_key(read_file(key)))
+    target = output or path.with_suffix(".corim")
+    target.write_bytes(signed)
+    out.print(f"wrote {target} ({len(signed)} bytes, signed)", highlight=False)
+
+
+def _load_golden(path: Path, trust: list[Path]) -> tuple[GoldenValues, str]:
+    """YAML as is, or a CoRIM whose signature verifies under one of `trust` first."""
+    from verifier.golden.corim import import_corim, load_trusted_key
+
+    from verifier.golden.values import from_yaml
+
+    raw = read_file(path)
+    if raw[:1] == bytes([CORIM_TAG_BYTE]):
+        if not trust:
+            fail(f"{path} is a signed CoRIM: give --trust KEY.pem (or measured_boot.corim_trust)")
+        keys = [load_trusted_key(read_file(p)) for p in trust]
+        return import_corim(raw, keys), f"corim:{path.name}"
+    return from_yaml(raw.decode("utf-8", errors="replace")), f"file:{path.name}"
+
+
+TrustOption = Annotated[
+    list[Path] | None,
+    typer.Option("--trust", help="Public key or certificate (PEM) a CoRIM must be signed by."),
+]
+
+
+@golden_app.command("import")
+def golden_import(
+    path: Annotated[Path, typer.Argument(help="Golden values: YAML, or a signed CoRIM.")],
+    trust: TrustOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Make golden values active in the verifier's store (a CoRIM's signature first)."""
+    from verifier.store import Store
+
+    settings = load_config(VerifierConfig, config)
+    golden, source = _load_golden(path, list(trust or settings.measured_boot.corim_trust))
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    store = Store.open(settings.database())
+    try:
+        store.put_golden_values(
+            golden.name, golden.to_document(), golden.digest, source, datetime.now(UTC)
+        )
+    finally:
+        store.close()
+    out.print(
+        f"imported golden values {golden.name!r} ({len(golden.reference)} claims) from {source}",
+        highlight=False,
+    )
+
+
+@golden_app.command("list")
+def golden_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """The active golden values."""
+    from verifier.store import Store
+
+    settings = load_config(VerifierConfig, config)
+    store = Store.open(settings.database())
+    try:
+        rows = store.golden_values()
+    finally:
+        store.close()
+    listed = [
+        {
+            "name": r.name,
+            "claims": len(dict(r.document.get("reference") or {})),
+            "digest": r.digest.hex(),
+            "source": r.source,
+            "imported_at": r.imported_at.isoformat(),
+        }
+        for r in rows
+    ]
+    if as_json:
+        out.print_json(json.dumps({"golden_values": listed}))
+        return
+    table = Table("name", "claims", "digest", "source", "imported")
+    for row in listed:
+        table.add_row(
+            str(row["name"]),
+            str(row["claims"]),
+            str(row["digest"])[:16] + "…",
+            str(row["source"]),
+            str(row["imported_at"]),
+        )
+    out.print(table)
+
+
+@golden_app.command("remove")
+def golden_remove(name: str, config: ConfigOption = None) -> None:
+    """Deactivate golden values by name."""
+    from verifier.store import Store
+
+    settings = load_config(VerifierConfig, config)
+    store = Store.open(settings.database())
+    try:
+        removed = store.drop_golden_values(name)
+    finally:
+        store.close()
+    if not removed:
+        fail(f"no golden values named {name!r}")
+    out.print(f"removed golden values {name!r}", highlight=False)
+
+
+@golden_app.command("diff")
+def golden_diff(
+    a: Annotated[Path, typer.Argument(help="Golden values A (YAML or CoRIM).")],
+    b: Annotated[Path, typer.Argument(help="Golden values B (YAML or CoRIM).")],
+    trust: TrustOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """What changed from A to B, claim by claim."""
+    from verifier.golden.values import diff
+
+    first, _ = _load_golden(a, list(trust or []))
+    second, _ = _load_golden(b, list(trust or []))
+    lines = diff(first, second)
+    if as_json:
+        changes = [
+            {
+                "claim": line.claim,
+                "removed": [list(v) if isinstance(v, tuple) else v for v in line.removed],
+                "added": [list(v) if isinstance(v, tuple) else v for v in line.added],
+            }
+            for line in lines
+        ]
+        out.print_json(json.dumps({"a": first.name, "b": second.name, "changes": changes}))
+        return
+    if not lines:
+        out.print("no differences", highlight=False)
+        return
+    for line in lines:
+        out.print(line.describe(), highlight=False, markup=False)
