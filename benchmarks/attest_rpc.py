@@ -74,11 +74,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from attestor.agent import Agent
 from attestor.tpm import Tpm
 from lightgate.config import AgentConfig
+from lightgate.sim.boot import (
+    GOOD_BOOT,
+    fixture_path,
+    golden_from_fixture,
+    import_golden,
+    measure_boot,
+)
 from lightgate.sim.swtpm import SimulatorCA, Swtpm, provision, require_tools
 from lightgate.wire import convert
 from lightgate.wire.v1 import attestation_pb2 as pb
 from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
 from verifier.evidence.quote import PcrValues
+from verifier.store import Store
 
 NAME = "attest_rpc"
 DEFAULT_ITERATIONS = 4000
@@ -88,6 +96,7 @@ PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
 PCR_SELECTION = list(range(24))
 RPC_TIMEOUT = 60.0
+BOOT_LOG = fixture_path(GOOD_BOOT).read_bytes()  # every bench node booted this
 _PR_SET_PDEATHSIG = 1
 
 
@@ -121,6 +130,7 @@ class Fleet:
             state_dir=self.root / "agents" / node,  # the AK is kept across backends
             ak_algorithm="ecc",
             rpc_timeout_seconds=RPC_TIMEOUT,
+            event_log=fixture_path(GOOD_BOOT),
         )
         return Agent(config, owner.tpm, stub)
 
@@ -137,6 +147,7 @@ def start_fleet(root: Path, tpms: int, nodes: int, stack: contextlib.ExitStack) 
     for i, state_dir in enumerate(dirs):
         swtpm = stack.enter_context(Swtpm(state_dir).start())
         tpm = stack.enter_context(Tpm(swtpm.tcti))
+        measure_boot(tpm, BOOT_LOG)  # the PCRs of a real boot, so log and quote agree
         members.append(TpmNode(i, swtpm, tpm))
     names = [f"bench-node-{i:03d}" for i in range(nodes)]
     owner = {}
@@ -212,6 +223,12 @@ def start_server(
         lines.append(f"workers: {workers}")
     config = workdir / "verifier.yaml"
     config.write_text("\n".join(lines) + "\n")
+    (workdir / "state").mkdir(parents=True, exist_ok=True)
+    store = Store.open(database_url)  # golden values learned from the fleet's boot
+    try:
+        import_golden(store, golden_from_fixture(GOOD_BOOT))
+    finally:
+        store.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTGATE_")}
     log_path = workdir / "verifier.log"
     with log_path.open("wb") as log_file:
@@ -494,6 +511,7 @@ def make_evidence(
                     quote_message=message,
                     quote_signature=signature,
                     pcr_values=values[selection],
+                    event_log=BOOT_LOG,
                 )
 
     per_tpm(fleet, work)
@@ -712,7 +730,7 @@ def breakdown(
                 values = convert.pcr_values_from_wire(list(request.pcr_values))
                 outcome = verifier.attest(
                     request.node_id, request.quote_message, request.quote_signature, values,
-                    peer="ipv4:127.0.0.1:1",
+                    peer="ipv4:127.0.0.1:1", event_log=request.event_log,
                 )  # fmt: skip
                 statuses.append(outcome.status)
 

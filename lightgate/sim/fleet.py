@@ -20,7 +20,8 @@ import grpc
 from attestor.agent import Agent
 from attestor.tpm import Tpm, TpmError
 from lightgate.config import AgentConfig, AttestationConfig, EnrollmentConfig, VerifierConfig
-from lightgate.sim.scenarios import SCENARIOS, Environment, Verdict, check_plan
+from lightgate.sim.boot import fixture_path, golden_from_fixture, import_golden, measure_boot
+from lightgate.sim.scenarios import SCENARIOS, Environment, Scenario, Verdict, check_plan
 from lightgate.sim.swtpm import SimulatorCA, Swtpm, provision, require_tools
 from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
 from verifier.server import start_verifier
@@ -46,10 +47,12 @@ class NodeResult:
 Progress = Callable[[str], None]
 
 
-def _as_expected(expect: str | None, verdict: Verdict) -> bool:
-    if expect is None:
+def _as_expected(scenario: Scenario, verdict: Verdict) -> bool:
+    if scenario.expect is None:
         return verdict.status == "affirming"
-    return verdict.status != "affirming" and (verdict.reason or "").startswith(f"{expect}:")
+    reason = verdict.reason or ""
+    named = scenario.detail is None or scenario.detail in reason
+    return verdict.status != "affirming" and reason.startswith(f"{scenario.expect}:") and named
 
 
 @contextlib.contextmanager
@@ -107,6 +110,9 @@ def run_fleet(
         verifier = stack.enter_context(start_verifier(config))
         address = f"127.0.0.1:{verifier.port}"
         note(f"verifier listening on {address}")
+        golden = golden_from_fixture()
+        import_golden(verifier.store, golden)
+        note(f"golden values {golden.name!r} learned from the good boot fixture")
         channel = stack.enter_context(grpc.insecure_channel(address))
         stub = pb_grpc.AttestationStub(channel)
         env = Environment(
@@ -116,6 +122,7 @@ def run_fleet(
 
         def run_node(node: str, scenario_name: str) -> NodeResult:
             scenario = SCENARIOS[scenario_name]
+            boot_log, log_path = _boot_logs(root, node, scenario)
             agent_config = AgentConfig(
                 node_id=node,
                 verifier=address,
@@ -124,9 +131,11 @@ def run_fleet(
                 rpc_timeout_seconds=10,
                 # Both AK kinds a fleet has in the field: ECC P-256 and RSA-2048.
                 ak_algorithm="rsa" if nodes.index(node) % 2 else "ecc",
+                event_log=log_path,
             )
             try:
                 with Tpm(agent_config.tcti, agent_config.ek_kind) as tpm:
+                    measure_boot(tpm, boot_log)  # the firmware's measurements, at power-on
                     verdict = scenario.run(Agent(agent_config, tpm, stub), env)
             except grpc.RpcError as exc:
                 verdict = Verdict("none", exc.details() or exc.code().name)
@@ -139,7 +148,7 @@ def run_fleet(
                 verdict.status,
                 verdict.reason,
                 expected,
-                _as_expected(scenario.expect, verdict),
+                _as_expected(scenario, verdict),
                 ak={"ecc": "ECC P-256 AK", "rsa": "RSA-2048 AK"}[agent_config.ak_algorithm],
             )
 
@@ -155,6 +164,17 @@ def run_fleet(
             results[result.node] = result
             note(f"{result.node}: {result.status}")
         return [results[node] for node in nodes]
+
+
+def _boot_logs(root: Path, node: str, scenario: Scenario) -> tuple[bytes, Path]:
+    """The log of the boot the node's TPM measures, and the file of the log its agent
+    sends (the same log, unless the scenario lies about it)."""
+    boot_log = fixture_path(scenario.boot).read_bytes()
+    sent = scenario.sent_log(boot_log) if scenario.sent_log else boot_log
+    log_path = root / "logs" / f"{node}.bin"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_bytes(sent)
+    return boot_log, log_path
 
 
 def _provision_all(jobs: list[tuple[Path, SimulatorCA]], note: Progress) -> None:

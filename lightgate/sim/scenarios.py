@@ -44,6 +44,10 @@ class Scenario:
     run: Callable[[Agent, Environment], Verdict]
     rogue_ca: bool = False  # the node's TPM carries an EK certificate from an untrusted CA
     needs_foreign_tpm: bool = False
+    boot: str = "good"  # the fixture boot replayed into the node's PCRs at start
+    # What the agent sends as its event log, from the log of `boot` (None: that log).
+    sent_log: Callable[[bytes], bytes] | None = None
+    detail: str | None = None  # text the refusal's reason must name (the claim, the PCR)
 
 
 def _verdict(response: pb.AttestResponse) -> Verdict:
@@ -170,6 +174,52 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("bad-signature", "quote signature altered", "quote-signature", bad_signature),
     )
 }
+
+
+def truncate_log(raw: bytes) -> bytes:
+    """The log without its last three events: what a node hiding its latest
+    measurements (or a lossy transport) would send."""
+    from verifier.evidence.eventlog import parse_event_log
+
+    events = parse_event_log(raw).events
+    return raw[: events[-3].offset]
+
+
+_BOOT_SCENARIOS = (
+    Scenario(
+        "tampered-kernel",
+        "boots a kernel other than the golden one (log and PCRs agree)",
+        "golden-values",
+        good,
+        boot="tampered-kernel",
+        detail="boot-chain.kernel",
+    ),
+    Scenario(
+        "secure-boot-off",
+        "boots the golden chain with Secure Boot disabled",
+        "golden-values",
+        good,
+        boot="secure-boot-off",
+        detail="secure-boot.enabled",
+    ),
+    Scenario(
+        "cmdline-changed",
+        "boots the golden kernel with another command line",
+        "golden-values",
+        good,
+        boot="cmdline-changed",
+        detail="kernel.cmdline",
+    ),
+    Scenario(
+        "log-truncated",
+        "sends its event log without the last events",
+        "event-log-replay",
+        good,
+        sent_log=truncate_log,
+        detail="PCR",
+    ),
+)
+SCENARIOS.update({s.name: s for s in _BOOT_SCENARIOS})
 
 
 def check_plan(plan: list[str]) -> None:

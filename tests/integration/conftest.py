@@ -15,6 +15,13 @@ import pytest
 from attestor.agent import Agent
 from attestor.tpm import Tpm
 from lightgate.config import AgentConfig, AttestationConfig, EnrollmentConfig, VerifierConfig
+from lightgate.sim.boot import (
+    GOOD_BOOT,
+    fixture_path,
+    golden_from_fixture,
+    import_golden,
+    measure_boot,
+)
 from lightgate.sim.swtpm import SimulatorCA, Swtpm, provision
 from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
 from verifier.server import RunningVerifier, start_verifier
@@ -64,11 +71,17 @@ def make_swtpm(tmp_path: Path, sim_ca: SimulatorCA) -> Iterator[SwtpmFactory]:
     """Start freshly manufactured swtpm processes; all are stopped after the test."""
     started: list[Swtpm] = []
 
-    def factory(ca: SimulatorCA | None = None, name: str | None = None) -> Swtpm:
+    def factory(
+        ca: SimulatorCA | None = None, name: str | None = None, boot: str | None = GOOD_BOOT
+    ) -> Swtpm:
+        """`boot`: the fixture boot measured into the PCRs at start (None: no boot)."""
         state = tmp_path / "tpm" / (name or uuid.uuid4().hex[:8])
         provision(state, ca or sim_ca)
         tpm = Swtpm(state).start()
         started.append(tpm)
+        if boot is not None:
+            with Tpm(tpm.tcti) as session:
+                measure_boot(session, fixture_path(boot).read_bytes())
         return tpm
 
     yield factory
@@ -133,6 +146,7 @@ def make_verifier(tmp_path: Path, trust_store: Path) -> Iterator[VerifierFactory
         }
         config = VerifierConfig(**settings)  # type: ignore[arg-type]
         running = start_verifier(config)
+        import_golden(running.store, golden_from_fixture(GOOD_BOOT))
         address = f"127.0.0.1:{running.port}"
         handle = VerifierHandle(running, address, grpc.insecure_channel(address))
         handles.append(handle)
@@ -165,6 +179,7 @@ def make_agent(tmp_path: Path) -> Iterator[AgentFactory]:
             "verifier": handle.address,
             "tcti": swtpm.tcti,
             "state_dir": tmp_path / "agents" / node,
+            "event_log": fixture_path(GOOD_BOOT),
             **overrides,
         }
         config = AgentConfig(**settings)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ import pytest
 
 from attestor.tpm import Tpm, TpmError
 from lightgate.config import EnrollmentConfig
+from lightgate.sim.boot import GOOD_BOOT, fixture_path, measure_boot
 from lightgate.wire.v1 import attestation_pb2 as pb
 from verifier.evidence.keys import spki_der
 from verifier.evidence.tpm_public import parse_public
@@ -312,9 +313,11 @@ def test_tpm_state_rolled_back_is_refused(
     swtpm.stop()
     snapshot = swtpm.state_dir.parent / "snapshot"
     shutil.copytree(swtpm.state_dir, snapshot)
+    boot = fixture_path(GOOD_BOOT).read_bytes()
     for _ in range(2):  # two reboots: each TPM2_Startup(CLEAR) raises resetCount
         swtpm.start()
         with Tpm(swtpm.tcti) as tpm:
+            measure_boot(tpm, boot)  # the firmware measures the boot again
             agent.tpm = tpm
             response = agent.attest_once()
         assert response.status == AFFIRMING and response.rebooted
@@ -323,6 +326,7 @@ def test_tpm_state_rolled_back_is_refused(
     shutil.copytree(snapshot, swtpm.state_dir)
     swtpm.start()
     with Tpm(swtpm.tcti) as tpm:
+        measure_boot(tpm, boot)
         agent.tpm = tpm
         response = agent.attest_once()
     assert list(response.failed_checks) == ["clock-rollback"]
