@@ -1,0 +1,114 @@
+"""Golden values: learn, compare (closed), diff, YAML round trip and validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from lightgate.sim.boot import fixture_path
+from verifier.evidence.claims import extract_claims
+from verifier.evidence.eventlog import parse_event_log
+from verifier.golden.values import (
+    GoldenValues,
+    GoldenValuesInvalid,
+    appraise,
+    diff,
+    from_document,
+    from_yaml,
+    learn,
+    to_yaml,
+)
+
+
+def _claims(name: str):  # type: ignore[no-untyped-def]
+    return extract_claims(parse_event_log(fixture_path(name).read_bytes()))
+
+
+def test_learned_values_accept_their_boot_and_survive_yaml() -> None:
+    golden = learn([_claims("good")], "fleet", {"author": "ops"})
+    again = from_yaml(to_yaml(golden))
+    assert again == golden and again.digest == golden.digest
+    outcome = appraise(_claims("good"), [again])
+    assert outcome.matched == "fleet" and outcome.deviations == ()
+
+
+def test_each_deviation_is_named() -> None:
+    golden = learn([_claims("good")], "fleet")
+    outcome = appraise(_claims("cmdline-changed"), [golden])
+    assert outcome.matched is None
+    assert [d.claim for d in outcome.deviations] == ["kernel.cmdline"]
+    assert "init=/bin/sh" in outcome.deviations[0].describe()
+
+
+def test_two_boots_learned_accept_both() -> None:
+    golden = learn([_claims("good"), _claims("tampered-kernel")], "two-kernels")
+    assert len(golden.reference["boot-chain.kernel"]) == 2
+    assert appraise(_claims("tampered-kernel"), [golden]).matched == "two-kernels"
+
+
+def test_closest_document_is_reported() -> None:
+    good = learn([_claims("good")], "a-good")
+    off = learn([_claims("secure-boot-off")], "b-off")
+    outcome = appraise(_claims("cmdline-changed"), [off, good])
+    assert outcome.matched is None and outcome.closest == "a-good"
+
+
+def test_no_documents_match_nothing() -> None:
+    assert appraise(_claims("good"), []).matched is None
+
+
+def test_claim_the_log_does_not_make_is_a_deviation() -> None:
+    golden = learn([_claims("good")], "fleet")
+    outcome = appraise(_claims("secure-boot-off"), [golden])
+    missing = [d for d in outcome.deviations if d.actual is None]
+    assert any(d.claim == "secure-boot.authorities" for d in missing)
+    assert all("not measured" in d.describe() for d in missing)
+
+
+def test_diff_shows_only_what_changed() -> None:
+    a = learn([_claims("good")], "a")
+    b = learn([_claims("tampered-kernel")], "b")
+    lines = diff(a, b)
+    assert {line.claim for line in lines} == {
+        "boot-chain.kernel",
+        "kernel.file:/boot/vmlinuz-6.1.0-28-amd64",
+    }
+    assert diff(a, a) == ()
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ([], "mapping"),
+        ({"kind": "other", "version": 1}, "kind"),
+        ({"kind": "lightgate/golden-values", "version": 2}, "version"),
+        ({"kind": "lightgate/golden-values", "version": 1, "name": ""}, "name"),
+        (
+            {"kind": "lightgate/golden-values", "version": 1, "name": "x", "reference": {}},
+            "reference",
+        ),
+        (
+            {"kind": "lightgate/golden-values", "version": 1, "name": "x", "reference": {"a": []}},
+            "non-empty list",
+        ),
+        (
+            {"kind": "lightgate/golden-values", "version": 1, "name": "x", "reference": {"a": [1]}},
+            "not a string",
+        ),
+    ],
+)
+def test_invalid_documents_are_refused(document: object, message: str) -> None:
+    with pytest.raises(GoldenValuesInvalid, match=message):
+        from_document(document)
+
+
+def test_not_yaml_is_refused() -> None:
+    with pytest.raises(GoldenValuesInvalid):
+        from_yaml("reference: [unclosed")
+
+
+def test_digest_ignores_provenance() -> None:
+    reference = {"kernel.cmdline": ("quiet",)}
+    assert (
+        GoldenValues("a", reference, {"author": "x"}).digest
+        == GoldenValues("a", reference, {"author": "y"}).digest
+    )
