@@ -23,7 +23,7 @@ from rich.table import Table
 
 from lightgate import logs
 from lightgate.cli_boot import eventlog_app, golden_app
-from lightgate.cli_common import CliError, ConfigOption, JsonOption, err, fail, out
+from lightgate.cli_common import CliError, ConfigOption, JsonOption, err, fail, open_store, out
 from lightgate.config import AgentConfig, ConfigError, VerifierConfig, load_config
 from lightgate.errors import Refusal
 
@@ -101,11 +101,9 @@ def node_join_token(
     """Create a one-time join token (enrollment mode `join-token`)."""
     from verifier.server import load_trust_store
     from verifier.service import Verifier
-    from verifier.store import Store
 
     settings = load_config(VerifierConfig, config)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    store = Store.open(settings.database())
+    store = open_store(settings, create=True)
     try:
         token = Verifier(store, settings, load_trust_store(settings)).create_join_token(
             timedelta(hours=ttl_hours), note
@@ -118,10 +116,9 @@ def node_join_token(
 @node_app.command("list")
 def node_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Nodes the verifier knows, with their last attestation."""
-    from verifier.store import Store
 
     settings = load_config(VerifierConfig, config)
-    store = Store.open(settings.database())
+    store = open_store(settings)
     try:
         nodes = store.list_nodes()
     finally:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from lightgate.cli_common import ConfigOption, JsonOption, fail, out, read_file
+from lightgate.cli_common import ConfigOption, JsonOption, fail, open_store, out, read_file
 from lightgate.config import VerifierConfig, load_config
 
 if TYPE_CHECKING:  # the modules load lazily so `attest --help` stays fast
@@ -73,14 +73,16 @@ def eventlog_show(
         out.print_json(json.dumps(document))
         return
     bank = log.banks[-1] if log.banks else None
-    table = Table("#", "PCR", "type", f"{bank.bank_name if bank else ''} digest", "data")
+    table = Table("#", "PCR", f"{bank.bank_name if bank else ''} digest")
+    table.add_column("type", no_wrap=True)
+    table.add_column("data", overflow="fold")
     for event in events:
         digest = event.digest(bank) if bank else None
         table.add_row(
             str(event.number),
             "-1" if event.pcr == 0xFFFFFFFF else str(event.pcr),
-            event.type_name,
             digest.hex()[:16] + "…" if digest else "-",
+            event.type_name,
             describe_event(event, log.uintn_size),
         )
     out.print(table)
@@ -188,10 +190,9 @@ def _node_claims(node: str, config: Path | None) -> tuple[BootClaims, str]:
     from verifier.evidence.eventlog import parse_event_log
     from verifier.evidence.measured_boot import verify_event_log
     from verifier.evidence.quote import PcrValues
-    from verifier.store import Store
 
     settings = load_config(VerifierConfig, config)
-    store = Store.open(settings.database())
+    store = open_store(settings)
     try:
         evidence = store.last_evidence(node)
     finally:
@@ -222,7 +223,6 @@ def golden_export(
 ) -> None:
     """Golden values as a signed CoRIM (CBOR, COSE_Sign1) for other verifiers."""
     from verifier.golden.corim import export_corim, load_signing_key
-
     from verifier.golden.values import from_yaml
 
     if not corim:
@@ -239,7 +239,6 @@ def golden_export(
 def _load_golden(path: Path, trust: list[Path]) -> tuple[GoldenValues, str]:
     """YAML as is, or a CoRIM whose signature verifies under one of `trust` first."""
     from verifier.golden.corim import import_corim, load_trusted_key
-
     from verifier.golden.values import from_yaml
 
     raw = read_file(path)
@@ -264,12 +263,10 @@ def golden_import(
     config: ConfigOption = None,
 ) -> None:
     """Make golden values active in the verifier's store (a CoRIM's signature first)."""
-    from verifier.store import Store
 
     settings = load_config(VerifierConfig, config)
     golden, source = _load_golden(path, list(trust or settings.measured_boot.corim_trust))
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    store = Store.open(settings.database())
+    store = open_store(settings, create=True)
     try:
         store.put_golden_values(
             golden.name, golden.to_document(), golden.digest, source, datetime.now(UTC)
@@ -285,10 +282,9 @@ def golden_import(
 @golden_app.command("list")
 def golden_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """The active golden values."""
-    from verifier.store import Store
 
     settings = load_config(VerifierConfig, config)
-    store = Store.open(settings.database())
+    store = open_store(settings)
     try:
         rows = store.golden_values()
     finally:
@@ -321,10 +317,9 @@ def golden_list(config: ConfigOption = None, as_json: JsonOption = False) -> Non
 @golden_app.command("remove")
 def golden_remove(name: str, config: ConfigOption = None) -> None:
     """Deactivate golden values by name."""
-    from verifier.store import Store
 
     settings = load_config(VerifierConfig, config)
-    store = Store.open(settings.database())
+    store = open_store(settings)
     try:
         removed = store.drop_golden_values(name)
     finally:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from lightgate.config import VerifierConfig
+    from verifier.store import Store
 
 out = Console()
 err = Console(stderr=True)
@@ -35,3 +39,19 @@ def read_file(path: Path, limit: int = 64 * 1024 * 1024) -> bytes:
     if len(data) > limit:
         fail(f"{path} is larger than {limit} bytes")
     return data
+
+
+def open_store(settings: VerifierConfig, *, create: bool = False) -> Store:
+    """The verifier's store from its configuration, or one clear CliError.  `create`
+    makes the state folder (for commands that write, like importing golden values)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from verifier.store import Store
+
+    if create:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return Store.open(settings.database())
+    except SQLAlchemyError as exc:
+        detail = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        fail(f"cannot open the verifier's database ({settings.database()}): {detail}")

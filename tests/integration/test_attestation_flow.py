@@ -372,7 +372,7 @@ def test_malformed_messages_get_invalid_argument(
 
 
 def test_oversized_message_is_refused(verifier: VerifierHandle) -> None:
-    request = pb.EnrollRequest(node_id="big", ek_public=b"\x00" * (2 << 20))
+    request = pb.EnrollRequest(node_id="big", ek_public=b"\x00" * (6 << 20))
     error = rpc_error(lambda: verifier.stub.Enroll(request))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 

@@ -1,0 +1,113 @@
+"""Boot claims: from the fixture boots (whose contents are known by construction) and
+from the real logs of ../shared/firmware-logs (skipped when that folder is absent)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from lightgate.sim.boot import fixture_path
+from verifier.evidence.claims import claims_of, extract_claims, flatten
+from verifier.evidence.eventlog import parse_event_log, replay
+from verifier.evidence.measured_boot import verify_event_log
+from verifier.evidence.tpm_structures import HashAlg
+
+SHARED = Path(__file__).resolve().parents[4] / ".." / "shared" / "firmware-logs"
+
+
+def _claims(name: str):  # type: ignore[no-untyped-def]
+    return extract_claims(parse_event_log(fixture_path(name).read_bytes()))
+
+
+def _sha256(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_good_fixture_claims_name_its_boot() -> None:
+    claims = _claims("good")
+    assert claims.secure_boot.enabled is True
+    assert [c.description for c in claims.boot_chain][0].endswith("shimx64.efi")
+    named = flatten(claims)
+    assert named["boot-chain.kernel"] == _sha256("vmlinuz-6.1.0-28-amd64 6.1.119-1")
+    assert named["kernel.cmdline"] == "root=UUID=6d931c60-2c25-4604-b06d-79c34630e16e ro quiet"
+    assert named["exit-boot-services"] is True
+    assert claims.kernel.initrd is not None
+    assert claims.separators == (0, 1, 2, 3, 4, 5, 6, 7)
+    assert claims.findings == ()  # every digest the spec defines over data matches
+
+
+def test_secure_boot_keys_are_certificate_fingerprints() -> None:
+    claims = _claims("good")
+    assert claims.secure_boot.pk and claims.secure_boot.db
+    assert all(len(entry.fingerprint) == 64 for entry in claims.secure_boot.db)
+    assert all(
+        entry.subject and entry.subject.startswith("CN=") for entry in claims.secure_boot.kek
+    )
+    assert claims.secure_boot.authorities  # the db certificate that verified shim
+    assert claims.shim.vendor_certificates and claims.shim.sbat_level
+
+
+def test_variants_differ_exactly_in_their_claims() -> None:
+    good = flatten(_claims("good"))
+    for variant, changed in {
+        "tampered-kernel": {"boot-chain.kernel", "kernel.file:/boot/vmlinuz-6.1.0-28-amd64"},
+        "cmdline-changed": {"kernel.cmdline"},
+    }.items():
+        other = flatten(_claims(variant))
+        assert {k for k in good.keys() | other.keys() if good.get(k) != other.get(k)} == changed
+    off = flatten(_claims("secure-boot-off"))
+    assert off["secure-boot.enabled"] is False
+    assert "secure-boot.authorities" not in off
+
+
+def test_claims_of_a_verified_log_use_only_quoted_pcrs() -> None:
+    """Events of PCRs the quote did not cover never become claims."""
+    log = parse_event_log(fixture_path("good").read_bytes())
+    sha256 = replay(log).pcrs[HashAlg.SHA256]
+    quoted = {HashAlg.SHA256: {pcr: sha256[pcr] for pcr in (0, 1, 2, 3, 5, 6, 7)}}
+    verified = verify_event_log(log, quoted, log_pcrs=frozenset({0, 1, 2, 3, 5, 6, 7}))
+    claims = claims_of(verified)
+    assert claims.boot_chain == ()  # PCR4 was not quoted
+    assert claims.kernel.cmdline is None  # PCR8 neither
+    assert claims.secure_boot.enabled is True
+
+
+def test_digest_mismatch_is_a_finding_not_a_refusal() -> None:
+    """Firmware that logs data not matching its digest (gdc-host's S-CRTM version) gets a
+    named finding; the log still parses and replays."""
+    path = SHARED / "gotpmtools__gdc-host.bin"
+    if not path.is_file():
+        pytest.skip("shared firmware logs are not present")
+    claims = extract_claims(parse_event_log(path.read_bytes()))
+    names = [(f.name, f.event) for f in claims.findings]
+    assert ("event-data-digest", 3) in names
+    assert claims.firmware.scrtm_version == "2.3.5"
+
+
+REAL = {
+    # stem: (secure boot, last boot application path suffix or None, cmdline fragment)
+    "keylime__binary_bios_measurements-secureboot": (True, "grubx64.efi", "rhgb quiet"),
+    "ibmtss__deb1": (True, "grubx64.efi", "root=UUID=d4b018ac"),
+    "goeventlog__arch-linux-workstation": (False, "vmlinuz-linux-lts", "cryptdevice="),
+    "goattest__windows_gcp_shielded_vm": (True, "bootmgfw.efi", None),
+    "fwupd__binary_bios_measurements-v2": (True, "shimx64.efi", "vt.handoff=7"),
+}
+
+
+@pytest.mark.parametrize("stem", sorted(REAL))
+def test_real_log_claims(stem: str) -> None:
+    path = SHARED / f"{stem}.bin"
+    if not path.is_file():
+        pytest.skip("shared firmware logs are not present")
+    secure_boot, application, cmdline = REAL[stem]
+    claims = extract_claims(parse_event_log(path.read_bytes()))
+    assert claims.secure_boot.enabled is secure_boot
+    paths = [c.description for c in claims.boot_chain if c.description]
+    assert any(p.endswith(application) for p in paths), paths
+    if cmdline is None:
+        assert claims.kernel.cmdline is None
+    else:
+        assert claims.kernel.cmdline is not None and cmdline in claims.kernel.cmdline
+    assert not [f for f in claims.findings if f.name == "event-data-malformed"]

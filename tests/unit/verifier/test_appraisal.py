@@ -1,0 +1,70 @@
+"""The boot appraiser: closed by default, and a cache that makes a repeated boot free."""
+
+from __future__ import annotations
+
+from lightgate.sim.boot import fixture_path, golden_from_fixture
+from verifier.appraisal import BootAppraiser
+from verifier.evidence import eventlog
+from verifier.evidence.eventlog import parse_event_log, replay
+from verifier.evidence.quote import PcrValues
+from verifier.evidence.tpm_structures import HashAlg
+
+GOOD = fixture_path("good").read_bytes()
+
+
+def _quoted(raw: bytes) -> PcrValues:
+    values = replay(parse_event_log(raw)).pcrs[HashAlg.SHA256]
+    return PcrValues({HashAlg.SHA256: {pcr: values.get(pcr, bytes(32)) for pcr in range(24)}})
+
+
+def test_good_boot_passes() -> None:
+    result = BootAppraiser().appraise("n", GOOD, _quoted(GOOD), [golden_from_fixture()])
+    assert result.passed and result.golden == "sim-good" and result.findings == ()
+
+
+def test_missing_log_refused_unless_optional() -> None:
+    refused = BootAppraiser().appraise("n", b"", _quoted(GOOD), [golden_from_fixture()])
+    assert [f.check for f in refused.failures] == ["event-log-missing"]
+    optional = BootAppraiser(require_event_log=False)
+    assert optional.appraise("n", b"", _quoted(GOOD), []).passed
+
+
+def test_no_golden_values_refused() -> None:
+    result = BootAppraiser().appraise("n", GOOD, _quoted(GOOD), [])
+    assert [f.check for f in result.failures] == ["golden-values-missing"]
+
+
+def test_oversized_log_refused_before_parsing() -> None:
+    appraiser = BootAppraiser(max_event_log_bytes=1024)
+    result = appraiser.appraise("n", GOOD, _quoted(GOOD), [golden_from_fixture()])
+    assert [f.check for f in result.failures] == ["event-log-malformed"]
+    assert "limit" in result.failures[0].reason and "(node n)" in result.failures[0].reason
+
+
+def test_same_boot_is_parsed_once(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    calls = []
+    real = eventlog.parse_event_log
+
+    def counting(raw: bytes, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real(raw, **kwargs)
+
+    monkeypatch.setattr("verifier.appraisal.parse_event_log", counting)
+    appraiser = BootAppraiser()
+    golden = [golden_from_fixture()]
+    for _ in range(5):
+        assert appraiser.appraise("n", GOOD, _quoted(GOOD), golden).passed
+    assert len(calls) == 1
+    bad = GOOD + b"\x00"
+    for _ in range(3):  # a malformed log is remembered too: no re-parse per attempt
+        assert not appraiser.appraise("n", bad, _quoted(GOOD), golden).passed
+    assert len(calls) == 2
+
+
+def test_cache_is_bounded() -> None:
+    appraiser = BootAppraiser(cache_entries=2)
+    golden = [golden_from_fixture()]
+    for name in ("good", "tampered-kernel", "cmdline-changed"):
+        raw = fixture_path(name).read_bytes()
+        appraiser.appraise("n", raw, _quoted(raw), golden)
+    assert len(appraiser._parsed) == 2
