@@ -268,7 +268,7 @@ def _print_results(results: list[Any]) -> None:
     table.add_column("scenario", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("refused by", no_wrap=True)
-    table.add_column("detail", ratio=1)
+    table.add_column("detail", ratio=1, min_width=28)
     table.add_column("", no_wrap=True)
     style = {"affirming": "green", "contraindicated": "red", "none": "yellow"}
     for r in results:

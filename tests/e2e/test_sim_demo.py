@@ -20,6 +20,16 @@ EXPECTED_REFUSALS = {
     "expired-nonce": "nonce-expired:",
     "tampered-pcr": "pcr-digest:",
     "bad-signature": "quote-signature:",
+    "tampered-kernel": "golden-values:",
+    "secure-boot-off": "golden-values:",
+    "cmdline-changed": "golden-values:",
+    "log-truncated": "event-log-replay:",
+}
+NAMED = {  # what the refusal must name, beyond its check
+    "tampered-kernel": "boot-chain.kernel",
+    "secure-boot-off": "secure-boot.enabled",
+    "cmdline-changed": "kernel.cmdline",
+    "log-truncated": "PCR",
 }
 
 
@@ -46,6 +56,7 @@ def test_sim_demo_json() -> None:
         (node,) = by_scenario[scenario]
         assert node["status"] != "affirming", node
         assert node["reason"].startswith(prefix), node
+        assert NAMED.get(node["scenario"], "") in node["reason"], node
 
 
 def test_sim_run_unknown_scenario_is_one_error_line() -> None:

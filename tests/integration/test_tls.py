@@ -17,6 +17,7 @@ from cryptography.x509.oid import NameOID
 from attestor.agent import Agent, open_channel
 from attestor.tpm import Tpm
 from lightgate.config import AgentConfig
+from lightgate.sim.boot import GOOD_BOOT, fixture_path
 from lightgate.wire.v1 import attestation_pb2 as pb
 from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
 
@@ -64,6 +65,7 @@ def test_agent_attests_over_tls(make_swtpm: Any, make_verifier: Any, tmp_path: P
         tls_server_name="verifier.lightgate.test",
         tcti=swtpm.tcti,
         state_dir=tmp_path / "agent",
+        event_log=fixture_path(GOOD_BOOT),
     )
     with Tpm(config.tcti) as tpm, open_channel(config) as channel:
         agent = Agent(config, tpm, pb_grpc.AttestationStub(channel))
