@@ -28,7 +28,7 @@ def _sha256(text: str) -> str:
 def test_good_fixture_claims_name_its_boot() -> None:
     claims = _claims("good")
     assert claims.secure_boot.enabled is True
-    assert [c.description for c in claims.boot_chain][0].endswith("shimx64.efi")
+    assert claims.boot_chain[0].description.endswith("shimx64.efi")
     named = flatten(claims)
     assert named["boot-chain.kernel"] == _sha256("vmlinuz-6.1.0-28-amd64 6.1.119-1")
     assert named["kernel.cmdline"] == "root=UUID=6d931c60-2c25-4604-b06d-79c34630e16e ro quiet"
