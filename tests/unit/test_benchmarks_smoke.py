@@ -77,6 +77,22 @@ def test_quote_verify_json_shape() -> None:
     assert isinstance(checks, dict) and checks and all(checks.values())
 
 
+def test_eventlog_json_shape() -> None:
+    document = run_benchmark("eventlog")
+    check_shape(document, "eventlog", {"synthetic_150_events"})
+    checks = document["checks"]
+    assert isinstance(checks, dict)
+    assert checks["no_unexplained_pcr_difference"] and checks["synthetic_log_events"]
+    assert checks["tool_wrong_exactly_where_sources_md_says"] in (True, None)
+    logs = document["logs"]
+    assert isinstance(logs, dict)
+    results = document["results"]
+    assert isinstance(results, dict)
+    for stem, info in logs.items():  # every shared log present, when the folder is
+        assert f"log.{stem}" in results and "all_logs" in results
+        assert not info["pcrs"].startswith("DIFFERENT"), (stem, info["pcrs"])
+
+
 def test_attest_rpc_json_shape() -> None:
     document = run_benchmark("attest_rpc", "--backend", "sqlite")
     ops = {f"sqlite.{op}" for op in ("challenge", "attest", "round_trip")}
