@@ -206,11 +206,25 @@ def _read_legacy_record(raw: bytes, offset: int, number: int) -> Event:
 
 def _read_legacy_records(raw: bytes) -> list[Event]:
     events: list[Event] = []
+    append = events.append
+    unpack = _TCG_PCR_EVENT.unpack_from
+    head = _TCG_PCR_EVENT.size
+    sha1 = int(HashAlg.SHA1)
+    end = len(raw)
     offset = 0
-    while offset < len(raw):
-        event = _read_legacy_record(raw, offset, len(events))
-        events.append(event)
-        offset += _record_size(event)
+    while offset < end:
+        if offset + head > end or offset + head + unpack(raw, offset)[3] > end:
+            append(_read_legacy_record(raw, offset, len(events)))  # raises, saying why
+        pcr, event_type, digest, size = unpack(raw, offset)
+        if pcr >= MAX_PCRS:
+            _check_pcr_index(pcr, event_type, offset, len(events))
+        start = offset + head
+        append(
+            Event(
+                len(events), offset, pcr, event_type, ((sha1, digest),), raw[start : start + size]
+            )
+        )
+        offset = start + size
     return events
 
 
