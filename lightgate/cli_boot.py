@@ -114,7 +114,8 @@ def eventlog_replay(path: LogArgument, as_json: JsonOption = False) -> None:
 @eventlog_app.command("claims")
 def eventlog_claims(path: LogArgument, as_json: JsonOption = False) -> None:
     """What the log says was booted (unverified: no quote vouches for it here)."""
-    from verifier.evidence.claims import claims_document, extract_claims, flatten
+    from verifier.evidence.claim_names import claims_document, flatten
+    from verifier.evidence.claims import extract_claims
 
     claims = extract_claims(_parse(path))
     if as_json:

@@ -44,7 +44,7 @@ from verifier.errors import (
     NoPendingEnrollment,
     UnknownNode,
 )
-from verifier.evidence.claims import claims_json
+from verifier.evidence.claim_names import claims_json
 from verifier.evidence.errors import (
     ChecksFailed,
     EvidenceError,

@@ -13,15 +13,15 @@ a known-good file.
 Event data is firmware's prose: a structure that does not parse is a finding, never a
 refusal of the log; the log's digests, which the quote proves, stay sound.
 
-`flatten` turns claims into named values (`boot-chain.kernel`, `secure-boot.db`, ...):
-the names golden values, deviations and policy use.
+`claim_names` turns these claims into the named values golden values, deviations and
+policy compare.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Final
 
 from verifier.evidence.errors import EventDataMalformed
@@ -29,20 +29,22 @@ from verifier.evidence.event_data import (
     EFI_GLOBAL_VARIABLE,
     EFI_IMAGE_SECURITY_DATABASE,
     SHIM_LOCK_GUID,
-    SignatureEntry,
     data_digest_preimages,
     decode_text,
-    parse_authority,
     parse_efi_load_option,
     parse_firmware_blob,
     parse_image_load,
-    parse_signature_lists,
     parse_uefi_variable,
 )
 from verifier.evidence.event_types import EventType
 from verifier.evidence.eventlog import Event, EventLog
 from verifier.evidence.measured_boot import VerifiedEventLog
 from verifier.evidence.tpm_structures import HashAlg
+from verifier.evidence.uefi_signatures import (
+    SignatureEntry,
+    parse_authority,
+    parse_signature_lists,
+)
 
 #: Banks by strength: a component is named by the strongest digest the log has.
 _PREFERRED_BANKS: Final = (
@@ -451,93 +453,3 @@ def _initrd(commands: Iterable[str]) -> str | None:
         if verb in ("initrd", "initrd16", "initrdefi"):
             return rest.strip() or None
     return None
-
-
-# Named values: what golden values, deviations and policy compare.
-
-ClaimValue = str | bool | tuple[str, ...]
-
-#: Roles of the boot applications by position when paths do not say (shim, then grub,
-#: then the kernel grub hands to shim's verifier).
-_CHAIN_ROLES: Final = ("shim", "grub", "kernel")
-
-
-def boot_chain_roles(chain: Sequence[Component]) -> list[tuple[str, Component]]:
-    """Name each boot application: by its path where it says, else by position."""
-    named: list[tuple[str, Component]] = []
-    used: set[str] = set()
-    for position, component in enumerate(chain):
-        role = _role_from_path(component.description)
-        if role is None or role in used:
-            role = _CHAIN_ROLES[position] if position < len(_CHAIN_ROLES) else None
-        if role is None or role in used:
-            role = f"application-{position}"
-        used.add(role)
-        named.append((role, component))
-    return named
-
-
-def _role_from_path(path: str) -> str | None:
-    lowered = path.lower()
-    if "shim" in lowered:
-        return "shim"
-    if "grub" in lowered:
-        return "grub"
-    if "vmlinuz" in lowered or "linux" in lowered or "kernel" in lowered:
-        return "kernel"
-    return None
-
-
-def flatten(claims: BootClaims) -> dict[str, ClaimValue]:
-    """The claims as named values.  Absent claims are absent names, never a default."""
-    values: dict[str, ClaimValue] = {}
-    firmware = claims.firmware
-    if firmware.scrtm_version is not None:
-        values["firmware.scrtm-version"] = firmware.scrtm_version
-    if firmware.scrtm_contents:
-        values["firmware.scrtm-contents"] = tuple(c.digest for c in firmware.scrtm_contents)
-    if firmware.blobs:
-        values["firmware.blobs"] = tuple(c.digest for c in firmware.blobs)
-    if firmware.drivers:
-        values["firmware.drivers"] = tuple(c.digest for c in firmware.drivers)
-    sb = claims.secure_boot
-    if sb.enabled is not None:
-        values["secure-boot.enabled"] = sb.enabled
-    for name, entries in (("pk", sb.pk), ("kek", sb.kek), ("db", sb.db), ("dbx", sb.dbx)):
-        if name.upper() in sb.variables or name in sb.variables:
-            values[f"secure-boot.{name}"] = tuple(e.fingerprint for e in entries)
-    if sb.authorities:
-        values["secure-boot.authorities"] = tuple(e.fingerprint for e in sb.authorities)
-    shim = claims.shim
-    if shim.vendor_certificates:
-        values["shim.vendor-certificates"] = tuple(e.fingerprint for e in shim.vendor_certificates)
-    if shim.sbat_level is not None:
-        values["shim.sbat-level"] = shim.sbat_level
-    for component in shim.mok_variables:
-        values[f"shim.{component.description.lower()}"] = component.digest
-    for role, component in boot_chain_roles(claims.boot_chain):
-        values[f"boot-chain.{role}"] = component.digest
-    kernel = claims.kernel
-    if kernel.path is not None:
-        values["kernel.path"] = kernel.path
-    if kernel.cmdline is not None:
-        values["kernel.cmdline"] = kernel.cmdline
-    if kernel.initrd is not None:
-        values["kernel.initrd"] = kernel.initrd
-    for component in kernel.files:
-        values[f"kernel.file:{component.description}"] = component.digest
-    values["exit-boot-services"] = claims.exit_boot_services
-    return values
-
-
-def claims_json(claims: BootClaims) -> dict[str, object]:
-    """The named values as JSON (lists for tuples): what results store and policy reads."""
-    return {name: list(v) if isinstance(v, tuple) else v for name, v in flatten(claims).items()}
-
-
-def claims_document(claims: BootClaims) -> dict[str, object]:
-    """Every claim, structured, as JSON: what `attest eventlog claims --json` prints."""
-    document = asdict(claims)
-    document["findings"] = [f.describe() for f in claims.findings]
-    document["named"] = claims_json(claims)
-    return document

@@ -2,7 +2,9 @@
 
 `export_corim` signs golden values as a COSE_Sign1 (RFC 9052) over an unsigned CoRIM that
 holds one CoMID.  `import_corim` checks the signature against trusted keys before it
-decodes the payload, and returns the same golden values.  Pure: bytes in, bytes out.
+decodes the payload, and returns the same golden values.  Every CBOR decode goes through
+`cbor_guard.checked_loads` (strict, bounded, only this format's tags), whose refusals are
+CorimInvalid.  Pure: bytes in, bytes out.
 
 Layout (draft-ietf-rats-corim keys; `L` marks Lightgate-private keys: negative, as the
 draft's "Extensibility" section reserves non-negative ones for IANA, and scoped by PROFILE):
@@ -67,7 +69,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from lightgate.errors import Refusal
-from verifier.evidence.claims import ClaimValue
+from verifier.evidence.claim_names import ClaimValue
+from verifier.golden.cbor_guard import CborInvalid, checked_loads
 from verifier.golden.values import KIND, VERSION, GoldenValues, GoldenValuesInvalid, from_document
 
 SigningKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
@@ -591,89 +594,16 @@ def _only(mapping: Mapping[object, object], keys: set[int], what: str) -> None:
         raise CorimInvalid(f"{what}: unsupported keys {', '.join(unknown)}")
 
 
-# CBOR decoding.  Everything before the signature check is attacker's bytes, so they are
-# walked first: definite lengths, integer or text map keys without duplicates (RFC 9052,
-# 3: labels are unique; any other key type lets crafted hash collisions make decoding
-# quadratic), only the tags this format uses (cbor2 would build bignums, bigfloats,
-# regexes and shared references from others), no floats, bounded depth.
+# CBOR decoding.  Everything before the signature check is attacker's bytes, so every
+# decode goes through the guard, which refuses all tags but the ones this format uses.
 
 _ALLOWED_TAGS: Final = frozenset(
     {_TAG_EPOCH, _TAG_SIGN1, _TAG_URI, _TAG_CORIM, _TAG_COMID, _TAG_BYTES}
 )
-_MAX_DEPTH: Final = 16
-_FALSE, _TRUE, _NULL = 20, 21, 22
 
 
 def _decode(encoded: bytes, what: str) -> object:
-    end = _walk(encoded, 0, 0, what)
-    if end != len(encoded):
-        raise CorimInvalid(f"{what}: {len(encoded) - end} bytes after the CBOR item")
     try:
-        return cbor2.loads(encoded)
-    except cbor2.CBORDecodeError as exc:
-        raise CorimInvalid(f"{what}: {exc}") from None
-
-
-def _head(encoded: bytes, at: int, what: str) -> tuple[int, int, int, int]:
-    """(major type, additional info, argument, offset after the head)."""
-    if at >= len(encoded):
-        raise CorimInvalid(f"{what}: truncated at byte {at}")
-    major, info = encoded[at] >> 5, encoded[at] & 0x1F
-    if info < 24:
-        return major, info, info, at + 1
-    if info > 27:
-        raise CorimInvalid(f"{what}: indefinite length or reserved head at byte {at}")
-    end = at + 1 + (1 << (info - 24))
-    if end > len(encoded):
-        raise CorimInvalid(f"{what}: truncated at byte {at}")
-    return major, info, int.from_bytes(encoded[at + 1 : end], "big"), end
-
-
-def _walk(encoded: bytes, at: int, depth: int, what: str) -> int:
-    """The offset after the item at `at`, refusing what this format does not use."""
-    if depth > _MAX_DEPTH:
-        raise CorimInvalid(f"{what}: nested deeper than {_MAX_DEPTH} at byte {at}")
-    major, info, argument, after = _head(encoded, at, what)
-    if major in (0, 1):
-        return after
-    if major in (2, 3):
-        if argument > len(encoded) - after:
-            raise CorimInvalid(f"{what}: string at byte {at} runs past the end")
-        return after + argument
-    if major in (4, 5) and argument > len(encoded) - after:
-        raise CorimInvalid(f"{what}: container at byte {at} has more items than bytes left")
-    if major == 4:
-        for _ in range(argument):
-            after = _walk(encoded, after, depth + 1, what)
-        return after
-    if major == 5:
-        return _walk_map(encoded, after, argument, depth, what)
-    if major == 6:
-        if argument not in _ALLOWED_TAGS:
-            raise CorimInvalid(f"{what}: CBOR tag {argument} at byte {at} is not used here")
-        if argument == _TAG_EPOCH and _head(encoded, after, what)[0] not in (0, 1):
-            raise CorimInvalid(f"{what}: an epoch time at byte {at} is not an integer")
-        return _walk(encoded, after, depth + 1, what)
-    if info < 24 and argument in (_FALSE, _TRUE, _NULL):
-        return after
-    raise CorimInvalid(f"{what}: float or simple value at byte {at} is not used here")
-
-
-def _walk_map(encoded: bytes, at: int, pairs: int, depth: int, what: str) -> int:
-    seen: set[tuple[int, int | bytes]] = set()
-    for _ in range(pairs):
-        major, _info, argument, after = _head(encoded, at, what)
-        if major in (0, 1):
-            key: tuple[int, int | bytes] = (major, argument)
-        elif major == 3:
-            if argument > len(encoded) - after:
-                raise CorimInvalid(f"{what}: map key at byte {at} runs past the end")
-            key = (major, encoded[after : after + argument])
-            after += argument
-        else:
-            raise CorimInvalid(f"{what}: map key at byte {at} is not an integer or text")
-        if key in seen:
-            raise CorimInvalid(f"{what}: duplicate map key at byte {at}")
-        seen.add(key)
-        at = _walk(encoded, after, depth + 1, what)
-    return at
+        return checked_loads(encoded, what=what, allowed_tags=_ALLOWED_TAGS)
+    except CborInvalid as exc:
+        raise CorimInvalid(exc.message) from None

@@ -12,7 +12,7 @@ A golden-values document is readable YAML:
       secure-boot.db: [["<fingerprint>", …]]   # a set-valued claim: each alternative a list
       kernel.cmdline: ["root=/dev/vda2 ro quiet"]
 
-Each reference name is a claim name of `verifier.evidence.claims.flatten`, and lists the
+Each reference name is a claim name of `verifier.evidence.claim_names.flatten`, and lists the
 values that are acceptable.  A claim the document does not name is not judged (delete a
 line to stop caring); a named claim the log does not make is a deviation (closed).  A
 node matches a set of documents when one document has no deviation; otherwise the
@@ -30,7 +30,8 @@ from typing import Final
 import yaml
 
 from lightgate.errors import Refusal
-from verifier.evidence.claims import BootClaims, ClaimValue, flatten
+from verifier.evidence.claim_names import ClaimValue, flatten
+from verifier.evidence.claims import BootClaims
 
 KIND: Final = "lightgate/golden-values"
 VERSION: Final = 1

@@ -1,11 +1,14 @@
-"""Recorded swtpm quotes (tests/data/quotes, see tests/data/README.md) and a software AK.
+"""Recorded swtpm quotes (tests/data/quotes, see tests/data/README.md), a software AK,
+and a certificate for signature databases.
 
 Tests take recorded data through fixtures:
 - `recorded` is parametrized over every file in tests/data/quotes;
 - `recorded_quotes` maps a case name (file stem without "swtpm-") to its RecordedQuote;
 - `software_ak` is an ECC P-256 ECDSA-SHA256 key held in software, to sign TPMS_ATTEST
   messages no TPM would produce (wrong magic, wrong type) so that checks 2-6 can be
-  reached behind a valid signature.
+  reached behind a valid signature;
+- `certificate` (and its DER, `der`) is a self-signed P-256 certificate generated for each
+  run, for the db entries, authorities and shim certificates of event data.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
 
 from verifier.evidence.keys import AK_REQUIRED, AttestationKey
 from verifier.evidence.quote import NonceRecord, PcrValues, Quote, QuoteExpectations
@@ -165,3 +171,30 @@ class SoftwareAk:
 @pytest.fixture(scope="session")
 def software_ak() -> SoftwareAk:
     return SoftwareAk.generate()
+
+
+@pytest.fixture(scope="module")
+def certificate() -> x509.Certificate:
+    """A self-signed P-256 certificate with fixed validity (no wall clock involved)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "Lightgate Test db"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Lightgate, Test"),
+        ]
+    )
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(0x1234)
+        .not_valid_before(datetime(2020, 1, 1, tzinfo=UTC))
+        .not_valid_after(datetime(2040, 1, 1, tzinfo=UTC))
+        .sign(key, hashes.SHA256())
+    )
+
+
+@pytest.fixture(scope="module")
+def der(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.DER)

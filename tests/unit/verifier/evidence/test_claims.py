@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from lightgate.sim.boot import fixture_path
-from verifier.evidence.claims import claims_of, extract_claims, flatten
+from verifier.evidence.claim_names import flatten
+from verifier.evidence.claims import claims_of, extract_claims
 from verifier.evidence.eventlog import parse_event_log, replay
 from verifier.evidence.measured_boot import verify_event_log
 from verifier.evidence.tpm_structures import HashAlg
