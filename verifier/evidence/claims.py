@@ -173,17 +173,21 @@ class BootClaims:
 
 
 def claims_of(verified: VerifiedEventLog) -> BootClaims:
-    """Claims from the events of PCRs the quote verified."""
-    return _extract(verified.log, verified.events())
+    """Claims from the events of PCRs the quote verified, components named by the
+    digests of a bank the quote verified.  (A log's other banks are the node's word
+    only: a log can carry an honest sha1 bank, which an sha1-only quote matches, and an
+    invented sha256 bank naming the golden kernel.)"""
+    return _extract(verified.log, verified.events(), verified.verified_banks)
 
 
 def extract_claims(log: EventLog) -> BootClaims:
     """Claims from every event of an unverified log (CLI, learning from a file)."""
-    return _extract(log, log.events)
+    return _extract(log, log.events, log.banks)
 
 
-def _extract(log: EventLog, events: Sequence[Event]) -> BootClaims:
-    builder = _ClaimsBuilder(log)
+def _extract(log: EventLog, events: Sequence[Event], banks: Sequence[HashAlg]) -> BootClaims:
+    bank = next((b for b in _PREFERRED_BANKS if b in banks), None)
+    builder = _ClaimsBuilder(log, bank)
     for event in events:
         builder.add(event)
     return builder.build()
@@ -192,9 +196,9 @@ def _extract(log: EventLog, events: Sequence[Event]) -> BootClaims:
 class _ClaimsBuilder:
     """Accumulates claims event by event; one method per event family."""
 
-    def __init__(self, log: EventLog) -> None:
+    def __init__(self, log: EventLog, bank: HashAlg | None) -> None:
         self.log = log
-        self.bank = next((b for b in _PREFERRED_BANKS if b in log.banks), None)
+        self.bank = bank  # the bank whose digests name components
         self.scrtm_version: str | None = None
         self.scrtm_contents: list[Component] = []
         self.blobs: list[Component] = []

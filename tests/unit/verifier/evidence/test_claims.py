@@ -112,3 +112,14 @@ def test_real_log_claims(stem: str) -> None:
     else:
         assert claims.kernel.cmdline is not None and cmdline in claims.kernel.cmdline
     assert not [f for f in claims.findings if f.name == "event-data-malformed"]
+
+
+def test_claims_name_components_by_a_verified_bank_only() -> None:
+    """An sha1-only quote verifies the log's sha1 bank; the sha256 digests the log also
+    carries are the node's word and must not name the kernel."""
+    log = parse_event_log(fixture_path("good").read_bytes())
+    sha1 = replay(log).pcrs[HashAlg.SHA1]
+    verified = verify_event_log(log, {HashAlg.SHA1: dict(sha1)})
+    named = flatten(claims_of(verified))
+    assert str(named["boot-chain.kernel"]).startswith("sha1:")
+    assert verified.verified_banks == (HashAlg.SHA1,)
