@@ -123,11 +123,19 @@ def eventlog_claims(path: LogArgument, as_json: JsonOption = False) -> None:
         return
     table = Table("claim", "value")
     for name, value in flatten(claims).items():
-        shown = "\n".join(value) if isinstance(value, tuple) else str(value)
+        shown = _listing(value) if isinstance(value, tuple) else str(value)
         table.add_row(name, shown or "(empty)")
     out.print(table)
     for finding in claims.findings:
         out.print(f"finding: {finding.describe()}", highlight=False)
+
+
+def _listing(values: tuple[str, ...], most: int = 8) -> str:
+    """A list claim for the table: whole when short, else its head and a count (the
+    JSON output keeps every entry)."""
+    if len(values) <= most:
+        return "\n".join(values)
+    return "\n".join(values[: most - 2]) + f"\n… ({len(values)} entries; --json lists all)"
 
 
 def _bank(alg: int) -> str:

@@ -64,7 +64,8 @@ def _describe(event: Event, uintn_size: int | None) -> str:
     if kind == EventType.EV_SEPARATOR:
         return {b"\x00" * 4: "normal", b"\xff" * 4: "ERROR"}.get(data, data.hex())
     if kind in _TEXT_EVENTS:
-        return decode_text(data)
+        text = decode_text(data)
+        return text if text.isprintable() and "\ufffd" not in text else data.hex()
     if kind in _VARIABLE_EVENTS:
         variable = parse_uefi_variable(data)
         detail = f"{len(variable.data)} bytes"
