@@ -109,6 +109,7 @@ class MeasuredBootConfig(BaseModel):
     log_pcrs: list[int] = Field(default_factory=lambda: list(range(10)))
     max_event_log_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     replay_cache_entries: int = Field(default=1024, ge=0)
+    replay_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     # Public keys or certificates (PEM) whose signature a CoRIM needs to be imported.
     corim_trust: list[Path] = Field(default_factory=list)
 

@@ -17,7 +17,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from verifier.evidence.claims import BootClaims, claims_of
 from verifier.evidence.errors import (
@@ -30,6 +30,7 @@ from verifier.evidence.errors import (
 from verifier.evidence.eventlog import EventLog, Replay, parse_event_log, replay
 from verifier.evidence.measured_boot import DEFAULT_LOG_PCRS, verify_event_log
 from verifier.evidence.quote import PcrValues
+from verifier.evidence.tpm_structures import HashAlg
 from verifier.golden.values import GoldenValues, appraise
 
 K = TypeVar("K")
@@ -71,16 +72,17 @@ class BootAppraiser:
         log_pcrs: frozenset[int] = DEFAULT_LOG_PCRS,
         max_event_log_bytes: int = 4 * 1024 * 1024,
         cache_entries: int = 1024,
+        cache_log_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._require = require_event_log
         self._log_pcrs = log_pcrs
         self._max_bytes = max_event_log_bytes
-        self._entries = cache_entries
-        self._parsed: OrderedDict[bytes, _Parsed] = OrderedDict()
-        self._claims: OrderedDict[tuple[bytes, frozenset[int], tuple[str, ...]], BootClaims] = (
-            OrderedDict()
+        # Bounded by count and by the bytes of the logs behind the entries: a parsed log
+        # costs about ten times its size, and any enrolled node can send distinct logs.
+        self._parsed: BoundedCache[bytes, _Parsed] = BoundedCache(cache_entries, cache_log_bytes)
+        self._claims: BoundedCache[ClaimsKey, BootClaims] = BoundedCache(
+            cache_entries, cache_log_bytes
         )
-        self._lock = threading.Lock()
 
     def appraise(
         self,
@@ -109,11 +111,17 @@ class BootAppraiser:
             )
         except EvidenceError as refusal:
             return BootAppraisal((refusal,), (), (), None, None)
-        key = (parsed.log.sha256, verified.verified_pcrs, verified.workarounds)
-        claims = self._cached_claims(key)
+        # Everything claims_of reads: the log, the bank and PCRs it may use, workarounds.
+        key = (
+            parsed.log.sha256,
+            verified.claims_bank,
+            verified.claims_pcrs,
+            verified.workarounds,
+        )
+        claims = self._claims.get(key)
         if claims is None:
             claims = claims_of(verified)
-            self._remember(self._claims, key, claims)
+            self._claims.put(key, claims, parsed.log.size)
         findings = tuple(f.describe() for f in claims.findings)
         failures: tuple[EvidenceError, ...] = ()
         outcome = appraise(claims, golden)
@@ -137,33 +145,51 @@ class BootAppraiser:
 
     def _parse(self, raw: bytes) -> _Parsed:
         key = hashlib.sha256(raw).digest()
-        with self._lock:
-            cached = self._parsed.get(key)
-            if cached is not None:
-                self._parsed.move_to_end(key)
-                return cached
+        cached = self._parsed.get(key)
+        if cached is not None:
+            return cached
         try:
             log = parse_event_log(raw, max_size=self._max_bytes)
             parsed = _Parsed(log, replay(log), None)
         except EventLogMalformed as error:
             parsed = _Parsed(None, None, error)
-        self._remember(self._parsed, key, parsed)
+        self._parsed.put(key, parsed, len(raw))
         return parsed
 
-    def _cached_claims(
-        self, key: tuple[bytes, frozenset[int], tuple[str, ...]]
-    ) -> BootClaims | None:
-        with self._lock:
-            claims = self._claims.get(key)
-            if claims is not None:
-                self._claims.move_to_end(key)
-            return claims
 
-    def _remember(self, cache: OrderedDict[K, V], key: K, value: V) -> None:
-        if self._entries <= 0:
+ClaimsKey = tuple[bytes, HashAlg, frozenset[int], tuple[str, ...]]
+
+
+class BoundedCache(Generic[K, V]):
+    """A thread-safe LRU bounded by entry count and by the summed cost of its entries."""
+
+    def __init__(self, entries: int, cost: int) -> None:
+        self._entries = entries
+        self._cost = cost
+        self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._total = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
+
+    def put(self, key: K, value: V, cost: int) -> None:
+        if self._entries <= 0 or cost > self._cost:
             return
         with self._lock:
-            cache[key] = value
-            cache.move_to_end(key)
-            while len(cache) > self._entries:
-                cache.popitem(last=False)
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._total -= old[1]
+            self._items[key] = (value, cost)
+            self._total += cost
+            while len(self._items) > self._entries or self._total > self._cost:
+                _, (_, evicted) = self._items.popitem(last=False)
+                self._total -= evicted

@@ -156,6 +156,7 @@ class Verifier:
             log_pcrs=frozenset(boot.log_pcrs),
             max_event_log_bytes=boot.max_event_log_bytes,
             cache_entries=boot.replay_cache_entries,
+            cache_log_bytes=boot.replay_cache_bytes,
         )
         self._golden: tuple[float, tuple[GoldenValues, ...]] = (-GOLDEN_REFRESH_SECONDS, ())
         self._nonce_key = store.shared_secret(NONCE_KEY, lambda: os.urandom(32), clock())

@@ -3,8 +3,11 @@
 `flatten` names each claim of `BootClaims` (`boot-chain.kernel`, `secure-boot.db`,
 `kernel.cmdline`, ...) with a `ClaimValue`: text (a digest as `sha256:<hex>`, a path, a
 command line), a bool, or a tuple of text.  A claim the log does not make is an absent
-name, never a default.  Boot applications are named by role (`boot_chain_roles`): by
-their path where it says, else by their position in the chain.  `claims_json` is the
+name, never a default.  Every family also has a closed, ordered claim of what was
+measured (`boot-chain`, `kernel.commands`, `kernel.files`, `other-events`, ...), so
+golden values judge every measured event.  Boot applications are also named by role
+(`boot_chain_roles`, by their unmeasured path where it says, else by position): a
+convenience for readable deviations; the ordered `boot-chain` is what vouches.  `claims_json` is the
 named values as results store them; `claims_document` is every claim, structured, with
 the named values beside it.  Pure: no I/O.
 """
@@ -51,45 +54,59 @@ def _role_from_path(path: str) -> str | None:
 
 
 def flatten(claims: BootClaims) -> dict[str, ClaimValue]:
-    """The claims as named values.  Absent claims are absent names, never a default."""
+    """The claims as named values.  Absent claims are absent names, never a default; a
+    family whose PCR the claims cover is present even when empty (closed: a node that
+    adds an event to an empty family deviates)."""
+    covered = set(claims.pcrs)
     values: dict[str, ClaimValue] = {}
     firmware = claims.firmware
     if firmware.scrtm_version is not None:
         values["firmware.scrtm-version"] = firmware.scrtm_version
-    if firmware.scrtm_contents:
-        values["firmware.scrtm-contents"] = tuple(c.digest for c in firmware.scrtm_contents)
-    if firmware.blobs:
-        values["firmware.blobs"] = tuple(c.digest for c in firmware.blobs)
-    if firmware.drivers:
-        values["firmware.drivers"] = tuple(c.digest for c in firmware.drivers)
+    if 0 in covered:
+        values["firmware.scrtm-contents"] = _digests(firmware.scrtm_contents)
+        values["firmware.blobs"] = _digests(firmware.blobs)
+    if 2 in covered:
+        values["firmware.drivers"] = _digests(firmware.drivers)
     sb = claims.secure_boot
     if sb.enabled is not None:
         values["secure-boot.enabled"] = sb.enabled
     for name, entries in (("pk", sb.pk), ("kek", sb.kek), ("db", sb.db), ("dbx", sb.dbx)):
         if name.upper() in sb.variables or name in sb.variables:
             values[f"secure-boot.{name}"] = tuple(e.fingerprint for e in entries)
-    if sb.authorities:
-        values["secure-boot.authorities"] = tuple(e.fingerprint for e in sb.authorities)
     shim = claims.shim
-    if shim.vendor_certificates:
+    if 7 in covered:
+        values["secure-boot.actions"] = sb.actions
+        values["secure-boot.authorities"] = tuple(e.fingerprint for e in sb.authorities)
         values["shim.vendor-certificates"] = tuple(e.fingerprint for e in shim.vendor_certificates)
-    if shim.sbat_level is not None:
-        values["shim.sbat-level"] = shim.sbat_level
-    for component in shim.mok_variables:
-        values[f"shim.{component.description.lower()}"] = component.digest
-    for role, component in boot_chain_roles(claims.boot_chain):
-        values[f"boot-chain.{role}"] = component.digest
+        values["shim.mok-authorities"] = tuple(e.fingerprint for e in shim.mok_authorities)
+        values["shim.sbat-level"] = shim.sbat_levels
+    if 14 in covered:
+        values["shim.mok-variables"] = _digests(shim.mok_variables)
+    if 4 in covered:
+        values["boot-chain"] = _digests(claims.boot_chain)
+        for role, component in boot_chain_roles(claims.boot_chain):
+            values[f"boot-chain.{role}"] = component.digest
     kernel = claims.kernel
+    if 8 in covered:
+        values["kernel.commands"] = kernel.commands
     if kernel.path is not None:
         values["kernel.path"] = kernel.path
     if kernel.cmdline is not None:
         values["kernel.cmdline"] = kernel.cmdline
     if kernel.initrd is not None:
         values["kernel.initrd"] = kernel.initrd
-    for component in kernel.files:
-        values[f"kernel.file:{component.description}"] = component.digest
-    values["exit-boot-services"] = claims.exit_boot_services
+    if 9 in covered:
+        values["kernel.files"] = _digests(kernel.files)
+    if covered & set(range(8)):
+        values["separators"] = claims.separators
+    if 5 in covered:
+        values["exit-boot-services"] = claims.exit_boot_services
+    values["other-events"] = claims.other_events
     return values
+
+
+def _digests(components: Sequence[Component]) -> tuple[str, ...]:
+    return tuple(c.digest for c in components)
 
 
 def claims_json(claims: BootClaims) -> dict[str, object]:

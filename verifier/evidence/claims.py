@@ -10,8 +10,21 @@ PCRs the quote vouched for (STYLE: verified before used).  `extract_claims(log)`
 log nobody has verified, for `attest eventlog claims` and for learning golden values from
 a known-good file.
 
-Event data is firmware's prose: a structure that does not parse is a finding, never a
-refusal of the log; the log's digests, which the quote proves, stay sound.
+Only measured bytes make claims.  Where the event type defines the digest as a hash of
+the data (`event_data.data_digest_candidates`), a claim is read from the bytes that
+matched the digest in the claims bank, never from the rest; an event whose data matches
+no candidate makes no claim and is a finding (real firmware does this: policy decides).
+Where the digest is of something else (an image, a firmware volume, a file), the digest
+is the claim and the data (paths, addresses) only describes it.
+
+The quote proves each PCR's sequence of events, not their interleaving across PCRs, and
+an OS can extend PCRs 0-15 after boot.  So no claim is "the last one wins": single
+values are the first occurrence (a later one is a finding), PCR7 configuration after the
+PCR7 separator is refused as a claim (go-attestation's rule), and every family is also a
+closed, ordered tuple of what was measured (`boot-chain`, `kernel.commands`,
+`kernel.files`, `shim.mok-variables`, `separators`, `other-events`), so an appended or
+unexpected event changes a named claim.  A structure that does not parse is a finding,
+never a refusal of the log.
 
 `claim_names` turns these claims into the named values golden values, deviations and
 policy compare.
@@ -19,6 +32,7 @@ policy compare.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +43,8 @@ from verifier.evidence.event_data import (
     EFI_GLOBAL_VARIABLE,
     EFI_IMAGE_SECURITY_DATABASE,
     SHIM_LOCK_GUID,
-    data_digest_preimages,
+    DigestPreimage,
+    data_digest_candidates,
     decode_text,
     parse_efi_load_option,
     parse_firmware_blob,
@@ -38,7 +53,7 @@ from verifier.evidence.event_data import (
 )
 from verifier.evidence.event_types import EventType
 from verifier.evidence.eventlog import Event, EventLog
-from verifier.evidence.measured_boot import VerifiedEventLog
+from verifier.evidence.measured_boot import DEFAULT_LOG_PCRS, PREFERRED_BANKS, VerifiedEventLog
 from verifier.evidence.tpm_structures import HashAlg
 from verifier.evidence.uefi_signatures import (
     SignatureEntry,
@@ -46,20 +61,11 @@ from verifier.evidence.uefi_signatures import (
     parse_signature_lists,
 )
 
-#: Banks by strength: a component is named by the strongest digest the log has.
-_PREFERRED_BANKS: Final = (
-    HashAlg.SHA256,
-    HashAlg.SHA384,
-    HashAlg.SHA512,
-    HashAlg.SM3_256,
-    HashAlg.SHA1,
+_EBS_ACTIONS: Final = frozenset(
+    {"Exit Boot Services Invocation", "Exit Boot Services Returned with Success"}
 )
-_SEPARATOR_NORMAL: Final = (b"\x00\x00\x00\x00", b"\xff\xff\xff\xff")
-_SEPARATOR_ERROR: Final = b"\x01\x00\x00\x00"
-_CALLING_APPLICATION: Final = "Calling EFI Application from Boot Option"
-_EBS_INVOCATION: Final = "Exit Boot Services Invocation"
-_GRUB_CMD: Final = "grub_cmd: "
-_GRUB_KERNEL_CMDLINE: Final = "kernel_cmdline: "
+_KERNEL_VERBS: Final = frozenset({"linux", "linuxefi", "linux16"})
+_INITRD_VERBS: Final = frozenset({"initrd", "initrdefi", "initrd16"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +138,9 @@ class FirmwareClaims:
 class SecureBootClaims:
     enabled: bool | None = None  # the SecureBoot variable; None when not measured
     variables: tuple[str, ...] = ()  # PCR7 configuration variables measured, in order
+    actions: tuple[
+        str, ...
+    ] = ()  # PCR7 EV_EFI_ACTION: "UEFI Debug Mode", "DMA Protection Disabled"
     pk: tuple[SignatureClaim, ...] = ()
     kek: tuple[SignatureClaim, ...] = ()
     db: tuple[SignatureClaim, ...] = ()
@@ -142,7 +151,7 @@ class SecureBootClaims:
 @dataclass(frozen=True, slots=True)
 class ShimClaims:
     vendor_certificates: tuple[SignatureClaim, ...] = ()
-    sbat_level: str | None = None
+    sbat_levels: tuple[str, ...] = ()  # each SbatLevel shim measured (once per shim run)
     mok_variables: tuple[Component, ...] = ()  # MokList, MokListX, MokListTrusted (PCR14)
     mok_authorities: tuple[SignatureClaim, ...] = ()
 
@@ -153,7 +162,7 @@ class KernelClaims:
     cmdline: str | None = None
     initrd: str | None = None
     files: tuple[Component, ...] = ()  # what the boot loader read (grub's PCR9)
-    commands: tuple[str, ...] = ()  # grub's commands (PCR8)
+    commands: tuple[str, ...] = ()  # the measured text of every PCR8/PCR12 event, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,38 +176,46 @@ class BootClaims:
     boot_options: tuple[str, ...] = ()  # "Boot0001: debian (\EFI\debian\shimx64.efi)"
     boot_chain: tuple[Component, ...] = ()  # EV_EFI_BOOT_SERVICES_APPLICATION, in order
     kernel: KernelClaims = field(default_factory=KernelClaims)
-    separators: tuple[int, ...] = ()  # PCRs with a normal separator
+    separators: tuple[str, ...] = ()  # "PCR4", "PCR4:error", "PCR12:5742434c", in order
     exit_boot_services: bool = False
+    other_events: tuple[str, ...] = ()  # "PCR5 EV_EFI_GPT_EVENT sha256:…": no claim of their own
+    pcrs: tuple[int, ...] = ()  # the PCRs these claims come from
     findings: tuple[Finding, ...] = ()
 
 
 def claims_of(verified: VerifiedEventLog) -> BootClaims:
-    """Claims from the events of PCRs the quote verified, components named by the
-    digests of a bank the quote verified.  (A log's other banks are the node's word
-    only: a log can carry an honest sha1 bank, which an sha1-only quote matches, and an
-    invented sha256 bank naming the golden kernel.)"""
-    return _extract(verified.log, verified.events(), verified.verified_banks)
+    """Claims from the events of PCRs the quote verified in the claims bank, components
+    named by that bank's digests.  (A log's other banks are the node's word only: a log
+    can carry an honest sha1 bank, which an sha1-only quote matches, and an invented
+    sha256 bank naming the golden kernel.)"""
+    return _extract(verified.log, verified.events(), verified.claims_bank, verified.claims_pcrs)
 
 
 def extract_claims(log: EventLog) -> BootClaims:
     """Claims from every event of an unverified log (CLI, learning from a file)."""
-    return _extract(log, log.events, log.banks)
+    bank = next((b for b in PREFERRED_BANKS if b in log.banks), None)
+    extended = {e.pcr for e in log.events if e.extends}
+    return _extract(log, log.events, bank, frozenset(DEFAULT_LOG_PCRS | extended))
 
 
-def _extract(log: EventLog, events: Sequence[Event], banks: Sequence[HashAlg]) -> BootClaims:
-    bank = next((b for b in _PREFERRED_BANKS if b in banks), None)
-    builder = _ClaimsBuilder(log, bank)
+def _extract(
+    log: EventLog, events: Sequence[Event], bank: HashAlg | None, pcrs: frozenset[int]
+) -> BootClaims:
+    builder = _ClaimsBuilder(log, bank, pcrs)
     for event in events:
         builder.add(event)
     return builder.build()
 
 
 class _ClaimsBuilder:
-    """Accumulates claims event by event; one method per event family."""
+    """Accumulates claims event by event; one method per event family.  A handler gets
+    the measured bytes (None where the digest does not cover the data) and says whether
+    it made a claim of the event; events without one go to `other_events`."""
 
-    def __init__(self, log: EventLog, bank: HashAlg | None) -> None:
+    def __init__(self, log: EventLog, bank: HashAlg | None, pcrs: frozenset[int]) -> None:
         self.log = log
         self.bank = bank  # the bank whose digests name components
+        self.pcrs = pcrs
         self.scrtm_version: str | None = None
         self.scrtm_contents: list[Component] = []
         self.blobs: list[Component] = []
@@ -206,20 +223,24 @@ class _ClaimsBuilder:
         self.handoff: list[Component] = []
         self.secure_boot: bool | None = None
         self.sb_variables: list[str] = []
+        self.sb_seen: set[tuple[uuid.UUID, str]] = set()
         self.sb_lists: dict[str, tuple[SignatureClaim, ...]] = {}
+        self.sb_actions: list[str] = []
+        self.pcr7_separated = False
         self.authorities: list[SignatureClaim] = []
         self.vendor_certs: list[SignatureClaim] = []
         self.mok_authorities: list[SignatureClaim] = []
-        self.sbat_level: str | None = None
+        self.sbat_levels: list[str] = []
         self.mok_variables: list[Component] = []
         self.boot_options: list[str] = []
         self.boot_chain: list[Component] = []
-        self.grub_commands: list[str] = []
-        self.cmdline: str | None = None
-        self.kernel_path: str | None = None
+        self.commands: list[str] = []
+        self.labelled_cmdlines: list[str] = []
+        self.utf16_cmdline: str | None = None
         self.files: list[Component] = []
-        self.separators: list[int] = []
+        self.separators: list[str] = []
         self.exit_boot_services = False
+        self.other: list[str] = []
         self.findings: list[Finding] = []
 
     def component(self, event: Event, description: str = "") -> Component:
@@ -237,145 +258,208 @@ class _ClaimsBuilder:
     def add(self, event: Event) -> None:
         if not event.extends:
             return
-        self.check_data_digest(event)
+        candidates = data_digest_candidates(event.event_type, event.data, pcr_index=event.pcr)
+        measured: DigestPreimage | None = None
+        if candidates is not None:
+            measured = self.measured(event, candidates)
+            if measured is None:
+                self.other.append(self.describe(event))
+                return
         handler = _HANDLERS.get(event.event_type)
-        if handler is None:
-            return
-        try:
-            handler(self, event)
-        except EventDataMalformed as exc:
-            self.finding("event-data-malformed", event, f"{event.type_name}: {exc.message}")
-
-    def check_data_digest(self, event: Event) -> None:
-        preimages = data_digest_preimages(event.event_type, event.data, pcr_index=event.pcr)
-        if preimages is None:
-            return
-        for alg, logged in event.digests:
+        claimed = False
+        if handler is not None:
             try:
-                bank = HashAlg(alg)
-            except ValueError:
-                continue
-            if all(bank.digest(p) != logged for p in preimages):
+                claimed = handler(self, event, measured)
+            except EventDataMalformed as exc:
+                self.finding("event-data-malformed", event, f"{event.type_name}: {exc.message}")
+        if not claimed:
+            self.other.append(self.describe(event))
+
+    def describe(self, event: Event) -> str:
+        return f"PCR{event.pcr} {event.type_name} {self.digest(event)}"
+
+    def measured(
+        self, event: Event, candidates: tuple[DigestPreimage, ...]
+    ) -> DigestPreimage | None:
+        """The candidate the claims bank's digest is the hash of; a finding (and None)
+        when the data matches the digest in no bank or not in the claims bank."""
+        matched: DigestPreimage | None = None
+        for alg, logged in event.digests:
+            if alg not in _REPLAYABLE:
+                continue  # a bank this verifier cannot hash (SM3 without OpenSSL's)
+            bank = HashAlg(alg)
+            hit = next((c for c in candidates if bank.digest(c.preimage) == logged), None)
+            if hit is None:
                 self.finding(
                     "event-data-digest",
                     event,
                     f"{event.type_name} {bank.bank_name} digest {logged.hex()} is not the hash "
                     "of its event data",
                 )
-                return
+                return None
+            if bank is self.bank:
+                matched = hit
+        return matched
 
-    # Handlers, one per event family.
+    # Handlers, one per event family: (event, measured) -> made a claim.
 
-    def on_scrtm_version(self, event: Event) -> None:
+    def on_scrtm_version(self, event: Event, measured: DigestPreimage | None) -> bool:
         # PFP 10.4.3: a UCS-2 string, or a GUID (16 bytes) naming the S-CRTM version.
-        text = decode_text(event.data)
-        if not text.isprintable():
-            text = (
-                str(uuid.UUID(bytes_le=event.data)) if len(event.data) == 16 else event.data.hex()
-            )
+        data = measured.preimage if measured else event.data
+        text = decode_text(data)
+        if not text.isprintable() or "\ufffd" in text:
+            text = str(uuid.UUID(bytes_le=data)) if len(data) == 16 else data.hex()
+        if self.scrtm_version is not None:
+            self.finding("scrtm-version-repeated", event, f"a second S-CRTM version {text!r}")
+            return False
         self.scrtm_version = text
+        return True
 
-    def on_scrtm_contents(self, event: Event) -> None:
-        self.scrtm_contents.append(self.component(event, decode_text(event.data)))
+    def on_scrtm_contents(self, event: Event, measured: DigestPreimage | None) -> bool:
+        self.scrtm_contents.append(self.component(event, decode_text(event.data)[:80]))
+        return True
 
-    def on_firmware_blob(self, event: Event) -> None:
+    def on_firmware_blob(self, event: Event, measured: DigestPreimage | None) -> bool:
         blob = parse_firmware_blob(event.data, event.event_type)
         name = blob.description or f"base 0x{blob.base:x} length 0x{blob.length:x}"
         self.blobs.append(self.component(event, name))
+        return True
 
-    def on_opaque_blob(self, event: Event) -> None:
+    def on_opaque_blob(self, event: Event, measured: DigestPreimage | None) -> bool:
         self.blobs.append(self.component(event, decode_text(event.data)[:80]))
+        return True
 
-    def on_driver(self, event: Event) -> None:
+    def on_driver(self, event: Event, measured: DigestPreimage | None) -> bool:
         self.drivers.append(self.component(event, self.image_path(event)))
+        return True
 
     def image_path(self, event: Event) -> str:
-        """The image's file path, if its UEFI_IMAGE_LOAD_EVENT names one.  The digest (a
-        PE hash) is the claim; old shim wrote load events with stray bytes after an empty
-        device path, which costs only the path, so that is not a finding."""
+        """The image's file path, if its UEFI_IMAGE_LOAD_EVENT names one: a description
+        only (the digest, a PE hash, is the claim; the path is not measured).  Old shim
+        wrote load events with stray bytes after an empty device path: no path then."""
         try:
             return parse_image_load(event.data, self.log.uintn_size).file_path or ""
         except EventDataMalformed:
             return ""
 
-    def on_handoff_tables(self, event: Event) -> None:
+    def on_handoff_tables(self, event: Event, measured: DigestPreimage | None) -> bool:
         self.handoff.append(self.component(event))
+        return True
 
-    def on_driver_config(self, event: Event) -> None:
-        variable = parse_uefi_variable(event.data)
-        if event.pcr != 7:
-            return
+    def on_driver_config(self, event: Event, measured: DigestPreimage | None) -> bool:
+        if event.pcr != 7 or measured is None:
+            return False  # other PCRs' configuration is pinned through other-events
+        variable = parse_uefi_variable(measured.preimage)
+        key = (variable.guid, variable.name)
+        if self.pcr7_separated:
+            # go-attestation's rule: Secure Boot configuration is measured before the
+            # PCR7 separator; after it, it is not the configuration the firmware used.
+            self.finding("secure-boot-config-late", event, f"{variable.name} after the separator")
+            return False
+        if key in self.sb_seen:
+            self.finding("secure-boot-config-repeated", event, f"{variable.name} measured twice")
+            return False
+        self.sb_seen.add(key)
         self.sb_variables.append(variable.name)
         if variable.guid == EFI_GLOBAL_VARIABLE and variable.name == "SecureBoot":
-            # UEFI 2.9, 3.3: SecureBoot is one byte, 1 when enforcing.  Some firmware
-            # measures it with no data; that is "not enabled" (go-attestation agrees).
-            self.secure_boot = variable.data[:1] == b"\x01"
+            # UEFI 2.9, 3.3: one byte, 1 when enforcing.  Firmware that measures it with no
+            # data is not enforcing (go-attestation agrees); anything else is malformed.
+            if variable.data not in (b"", b"\x00", b"\x01"):
+                self.finding("secure-boot-value", event, f"SecureBoot = {variable.data.hex()}")
+            self.secure_boot = variable.data == b"\x01"
         elif (variable.guid, variable.name) in _SIGNATURE_DATABASES:
             entries = parse_signature_lists(variable.data)
             self.sb_lists[variable.name] = tuple(SignatureClaim.of(e) for e in entries)
+        return True
 
-    def on_authority(self, event: Event) -> None:
-        # Old shim logged its authorities with a few bytes too many (go-attestation #157);
-        # the digest check above already judged that, the variable itself is sound.
-        variable = parse_uefi_variable(event.data, allow_trailing=True)
+    def on_authority(self, event: Event, measured: DigestPreimage | None) -> bool:
+        if event.pcr != 7 or measured is None:
+            return False
+        # Old shim logged its authorities a few bytes long (go-attestation #157); the
+        # digest covers all but the last byte, which is padding (`shim-trailing-bytes`).
+        variable = parse_uefi_variable(
+            measured.preimage, allow_trailing=measured.label == "shim-trailing-bytes"
+        )
         claims = tuple(SignatureClaim.of(e) for e in parse_authority(variable))
         if variable.guid == SHIM_LOCK_GUID and variable.name == "SbatLevel":
-            self.sbat_level = decode_text(variable.data)
-        elif variable.guid == SHIM_LOCK_GUID and variable.name in ("Shim", "vendor_db"):
+            self.sbat_levels.append(decode_text(variable.data))
+        elif variable.name in ("Shim", "vendor_db") and variable.guid in (
+            SHIM_LOCK_GUID,
+            EFI_IMAGE_SECURITY_DATABASE,
+        ):
             self.vendor_certs.extend(claims)
         elif variable.name.startswith("Mok"):
             self.mok_authorities.extend(claims)
-        elif variable.guid == EFI_IMAGE_SECURITY_DATABASE and variable.name == "vendor_db":
-            self.vendor_certs.extend(claims)
         else:
             self.authorities.extend(claims)
+        return True
 
-    def on_variable_boot(self, event: Event) -> None:
+    def on_variable_boot(self, event: Event, measured: DigestPreimage | None) -> bool:
+        # Display only: firmware often hashes VariableData alone, leaving the name
+        # unmeasured; the event's digest is pinned through other-events.
         variable = parse_uefi_variable(event.data)
         if variable.name.startswith("Boot") and len(variable.name) == 8:
             option = parse_efi_load_option(variable.data)
             self.boot_options.append(f"{variable.name}: {option.description}")
+        return False
 
-    def on_application(self, event: Event) -> None:
+    def on_application(self, event: Event, measured: DigestPreimage | None) -> bool:
+        if event.pcr != 4:
+            return False
         self.boot_chain.append(self.component(event, self.image_path(event)))
+        return True
 
-    def on_action(self, event: Event) -> None:
-        text = decode_text(event.data)
-        if text == _EBS_INVOCATION and event.pcr == 5:
+    def on_action(self, event: Event, measured: DigestPreimage | None) -> bool:
+        if measured is None:
+            return False
+        text = decode_text(measured.preimage)
+        if event.pcr == 5 and text in _EBS_ACTIONS:
             self.exit_boot_services = True
-        elif text == _CALLING_APPLICATION:
-            pass  # the transition to the OS loader; the separators that follow show it
+            return True
+        if event.pcr == 7:
+            self.sb_actions.append(text)
+            return True
+        return False
 
-    def on_separator(self, event: Event) -> None:
-        # PFP 1.05, 10.4.4 (and the PC Client BIOS spec before it): 0 marks the normal
-        # transition (0xFFFFFFFF in TPM 1.2-era firmware); 1 marks an error on the way.
-        if event.data in _SEPARATOR_NORMAL:
-            self.separators.append(event.pcr)
-        elif event.data == _SEPARATOR_ERROR:
+    def on_separator(self, event: Event, measured: DigestPreimage | None) -> bool:
+        # PFP 1.05, 10.4.4: UINT32 0 marks the transition (0xFFFFFFFF in TPM 1.2-era
+        # firmware); an error measures UINT32 1.  Windows logs "WBCL" in PCRs 12-14.
+        if measured is not None and measured.label == "error-separator":
             self.finding("separator-error", event, "firmware recorded an error separator")
+            self.separators.append(f"PCR{event.pcr}:error")
+        elif event.data in (bytes(4), b"\xff" * 4):
+            self.separators.append(f"PCR{event.pcr}")
         else:
-            self.finding("separator-value", event, f"separator data {event.data.hex()}")
+            self.separators.append(f"PCR{event.pcr}:{event.data.hex()}")
+        if event.pcr == 7:
+            self.pcr7_separated = True
+        return True
 
-    def on_ipl(self, event: Event) -> None:
+    def on_ipl(self, event: Event, measured: DigestPreimage | None) -> bool:
         if event.pcr == 14:
             # shim measures MokList, MokListX and MokListTrusted into PCR14 with the
-            # variable name as data and the contents' hash as digest.
+            # variable name as (unmeasured) data and the contents' hash as digest.
             self.mok_variables.append(self.component(event, decode_text(event.data)))
-            return
-        text = decode_text(event.data)
-        if event.pcr == 8 and text.startswith(_GRUB_KERNEL_CMDLINE):
-            path, _, cmdline = text[len(_GRUB_KERNEL_CMDLINE) :].partition(" ")
-            self.kernel_path, self.cmdline = path, cmdline
-        elif event.pcr == 8 and text.startswith(_GRUB_CMD):
-            self.grub_commands.append(text[len(_GRUB_CMD) :])
-        elif event.pcr == 9:
-            self.files.append(self.component(event, text))
-        elif event.pcr in (8, 12) and self.cmdline is None and _utf16(event.data):
-            # systemd-boot measures the kernel command line as UTF-16 text.
-            self.cmdline = text
+            return True
+        if event.pcr == 9:
+            # grub's files: the digest is the file's; the path is a description.
+            self.files.append(self.component(event, decode_text(event.data)))
+            return True
+        if event.pcr not in (8, 12) or measured is None:
+            return False
+        text = decode_text(measured.preimage)
+        self.commands.append(text)
+        if measured.label.startswith("grub-string") and event.data.startswith(b"kernel_cmdline"):
+            self.labelled_cmdlines.append(text)
+        elif _utf16(measured.preimage) and self.utf16_cmdline is None:
+            self.utf16_cmdline = text  # systemd-boot measures the command line as UTF-16
+        return True
 
     def build(self) -> BootClaims:
         sb = self.sb_lists
+        path, cmdline = _kernel_command(self.commands, self.labelled_cmdlines)
+        if cmdline is None:
+            cmdline = self.utf16_cmdline
         return BootClaims(
             log_sha256=self.log.sha256.hex(),
             log_format=str(self.log.format),
@@ -390,6 +474,7 @@ class _ClaimsBuilder:
             secure_boot=SecureBootClaims(
                 self.secure_boot,
                 tuple(self.sb_variables),
+                tuple(self.sb_actions),
                 sb.get("PK", ()),
                 sb.get("KEK", ()),
                 sb.get("db", ()),
@@ -398,24 +483,30 @@ class _ClaimsBuilder:
             ),
             shim=ShimClaims(
                 tuple(self.vendor_certs),
-                self.sbat_level,
+                tuple(self.sbat_levels),
                 tuple(self.mok_variables),
                 tuple(self.mok_authorities),
             ),
             boot_options=tuple(self.boot_options),
             boot_chain=tuple(self.boot_chain),
             kernel=KernelClaims(
-                self.kernel_path,
-                self.cmdline,
-                _initrd(self.grub_commands),
+                path,
+                cmdline,
+                _last_argument(self.commands, _INITRD_VERBS),
                 tuple(self.files),
-                tuple(self.grub_commands),
+                tuple(self.commands),
             ),
-            separators=tuple(sorted(set(self.separators))),
+            separators=tuple(self.separators),
             exit_boot_services=self.exit_boot_services,
+            other_events=tuple(self.other),
+            pcrs=tuple(sorted(self.pcrs)),
             findings=tuple(self.findings),
         )
 
+
+_REPLAYABLE: Final = frozenset(int(b) for b in HashAlg if b is not HashAlg.SM3_256) | (
+    {int(HashAlg.SM3_256)} if "sm3" in hashlib.algorithms_available else set()
+)
 
 _SIGNATURE_DATABASES: Final = {
     (EFI_GLOBAL_VARIABLE, "PK"),
@@ -424,7 +515,8 @@ _SIGNATURE_DATABASES: Final = {
     (EFI_IMAGE_SECURITY_DATABASE, "dbx"),
 }
 
-_HANDLERS: dict[int, Callable[[_ClaimsBuilder, Event], None]] = {
+Handler = Callable[[_ClaimsBuilder, Event, DigestPreimage | None], bool]
+_HANDLERS: dict[int, Handler] = {
     EventType.EV_S_CRTM_VERSION: _ClaimsBuilder.on_scrtm_version,
     EventType.EV_S_CRTM_CONTENTS: _ClaimsBuilder.on_scrtm_contents,
     EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB: _ClaimsBuilder.on_firmware_blob,
@@ -451,9 +543,28 @@ def _utf16(data: bytes) -> bool:
     return len(data) >= 4 and data[1] == 0 and data[3] == 0
 
 
-def _initrd(commands: Iterable[str]) -> str | None:
+def _kernel_command(
+    commands: Sequence[str], labelled: Sequence[str]
+) -> tuple[str | None, str | None]:
+    """The kernel and its command line, from the last `linux` command grub ran (each one
+    replaces the one before); failing that, from grub's kernel_cmdline events."""
+    for command in reversed(commands):
+        verb, _, rest = command.strip().partition(" ")
+        if verb in _KERNEL_VERBS:
+            path, _, cmdline = rest.strip().partition(" ")
+            return path or None, cmdline.strip()
+    if labelled:
+        path, _, cmdline = labelled[-1].strip().partition(" ")
+        return path or None, cmdline.strip()
+    return None, None
+
+
+def _last_argument(commands: Iterable[str], verbs: frozenset[str]) -> str | None:
+    """The argument of the last command with one of `verbs` (grub's `initrd` replaces
+    the initrd each time it runs)."""
+    found = None
     for command in commands:
-        verb, _, rest = command.partition(" ")
-        if verb in ("initrd", "initrd16", "initrdefi"):
-            return rest.strip() or None
-    return None
+        verb, _, rest = command.strip().partition(" ")
+        if verb in verbs:
+            found = rest.strip() or None
+    return found

@@ -41,6 +41,10 @@ from verifier.evidence.tpm_structures import HashAlg
 #: the limit keeps a hostile 1 GiB "log" from costing more than a refusal.
 MAX_EVENT_LOG_BYTES: Final = 4 * 1024 * 1024
 
+#: Most records a log may hold.  Real firmware logs hold 15-1,500; the limit keeps a
+#: hostile log of empty records (131,072 fit in 4 MiB) from costing 40 MiB of objects.
+MAX_EVENTS: Final = 16384
+
 #: PCR index of records that are never extended (PFP 10.4.5; Windows trust points).
 NO_PCR: Final = 0xFFFFFFFF
 
@@ -213,6 +217,8 @@ def _read_legacy_records(raw: bytes) -> list[Event]:
     end = len(raw)
     offset = 0
     while offset < end:
+        if len(events) >= MAX_EVENTS:
+            raise EventLogMalformed(offset, len(events), f"more than {MAX_EVENTS} events")
         if offset + head > end or offset + head + unpack(raw, offset)[3] > end:
             append(_read_legacy_record(raw, offset, len(events)))  # raises, saying why
         pcr, event_type, digest, size = unpack(raw, offset)
@@ -237,6 +243,8 @@ def _parse_spec_id(header: Event) -> SpecIdEvent:
     if len(data) < _SPEC_ID_FIXED.size:
         raise EventLogMalformed(*where, f"Spec ID event data is {len(data)} bytes, too short")
     _sig, platform_class, minor, major, errata, uintn, count = _SPEC_ID_FIXED.unpack_from(data)
+    if major != 2:  # PFP 10.4.5.1: "Spec ID Event03" is specVersionMajor 2
+        raise EventLogMalformed(*where, f"Spec ID specVersionMajor {major}, not 2")
     if uintn not in (1, 2):
         raise EventLogMalformed(*where, f"Spec ID uintnSize {uintn} is neither 1 nor 2")
     if count == 0 or count > 16:
@@ -295,6 +303,8 @@ def _read_agile_records(raw: bytes, offset: int, spec_id: SpecIdEvent, out: list
     append = out.append
     number = len(out)
     while offset < end:
+        if number >= MAX_EVENTS:
+            raise EventLogMalformed(offset, number, f"more than {MAX_EVENTS} events")
         fixed = read_fixed(raw, offset) if offset + fixed_size <= end else None
         if fixed is not None:
             pcr, event_type, digests, data_size = fixed

@@ -51,14 +51,26 @@ class Workaround:
     pcr: int
     description: str
     firmware: str
+    applies: Callable[[EventLog], bool]  # the quirk's signature in the log
     events: Callable[[EventLog], Sequence[Event]]
+
+
+_EBS_STRINGS = (b"Exit Boot Services Invocation", b"Exit Boot Services Returned with Success")
+
+
+def _exit_boot_services_missing(log: EventLog) -> bool:
+    """Neither ExitBootServices event is in PCR5: the quirk, not some other PCR5 trouble."""
+    return not any(
+        e.pcr == 5 and e.event_type == EventType.EV_EFI_ACTION and e.data in _EBS_STRINGS
+        for e in log.events
+    )
 
 
 def _exit_boot_services_events(log: EventLog) -> Sequence[Event]:
     # PFP 1.05, 10.4.4 (EV_EFI_ACTION): firmware measures these two strings into PCR5 when
     # ExitBootServices() is invoked and returns.  Some firmware never logs them although
     # it extends them (go-attestation's testdata/ebs_event_missing_eventlog).
-    strings = (b"Exit Boot Services Invocation", b"Exit Boot Services Returned with Success")
+    strings = _EBS_STRINGS
     number = len(log.events)
     return tuple(
         Event(
@@ -79,25 +91,48 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         pcr=5,
         description="ExitBootServices EV_EFI_ACTION events extended into PCR5 but not logged",
         firmware="seen on physical machines with AMI-derived firmware (S-CRTM 'M60...')",
+        applies=_exit_boot_services_missing,
         events=_exit_boot_services_events,
     ),
 )
 
 
+#: The bank claims name components by: the one fleets quote by default (SHA-256), then the
+#: stronger ones, SHA-1 last.  Learning from a file and appraising a quote pick alike.
+PREFERRED_BANKS = (HashAlg.SHA256, HashAlg.SHA384, HashAlg.SHA512, HashAlg.SM3_256, HashAlg.SHA1)
+
+
 @dataclass(frozen=True, slots=True)
 class VerifiedEventLog:
-    """An event log whose replay equals the quoted PCRs in every bank both cover."""
+    """An event log whose replay equals the quoted PCRs in every quoted bank.
+
+    `verified_pcrs` is per bank: a PCR's events are vouched for in a bank only when
+    that bank of that PCR was quoted and matched.  Claims use one bank (`claims_bank`,
+    the strongest verified) and only the PCRs verified in it.
+    """
 
     log: EventLog
     replay: Replay
-    verified_pcrs: frozenset[int]  # PCRs whose events the quote vouches for
-    verified_banks: tuple[HashAlg, ...]
-    unverified_banks: tuple[HashAlg, ...]  # quoted banks the log has no digests for
+    verified_pcrs: Mapping[HashAlg, frozenset[int]]
     workarounds: tuple[str, ...]
+    synthesized: tuple[Event, ...] = ()  # events a workaround added (the quote proves them)
+
+    @property
+    def verified_banks(self) -> tuple[HashAlg, ...]:
+        return tuple(self.verified_pcrs)
+
+    @property
+    def claims_bank(self) -> HashAlg:
+        return next(b for b in PREFERRED_BANKS if b in self.verified_pcrs)
+
+    @property
+    def claims_pcrs(self) -> frozenset[int]:
+        return self.verified_pcrs[self.claims_bank]
 
     def events(self) -> tuple[Event, ...]:
-        """The log's events in PCRs the quote verified (what claims may use)."""
-        return tuple(e for e in self.log.events if e.pcr in self.verified_pcrs)
+        """The events of PCRs the claims bank verified, workaround events included."""
+        pcrs = self.claims_pcrs
+        return tuple(e for e in (*self.log.events, *self.synthesized) if e.pcr in pcrs)
 
 
 def verify_event_log(
@@ -108,42 +143,39 @@ def verify_event_log(
     node_id: str | None = None,
     plain: Replay | None = None,
 ) -> VerifiedEventLog:
-    """Replay `log` and compare with the quoted PCR values; raises EventLogBankMissing or
-    EventLogReplayMismatch naming every PCR that differs.  `plain` is `replay(log)` when
-    the caller has it already (a cache)."""
-    banks = tuple(bank for bank in quoted if bank in log.banks)
-    if not banks:
+    """Replay `log` and compare with the quoted PCR values; raises EventLogBankMissing
+    (a quoted bank the log has no digests for: it could not be checked) or
+    EventLogReplayMismatch naming every PCR that differs.  `plain` is `replay(log)`
+    when the caller has it already (a cache)."""
+    missing = [bank for bank in quoted if bank not in log.banks]
+    if missing or not quoted:
         have = ", ".join(b.bank_name for b in log.banks) or "none"
-        want = ", ".join(b.bank_name for b in quoted) or "none"
+        want = ", ".join(b.bank_name for b in missing) or "no bank"
         raise EventLogBankMissing(
-            f"the quote covers {want}; the log has digests for {have}", node_id=node_id
+            f"the quote covers {want}; the log has digests for {have} only", node_id=node_id
         )
+    banks = tuple(quoted)
     if plain is None:
         plain = replay(log)
     mismatches = compare(log, plain, quoted, banks, log_pcrs)
     result, applied = plain, []
+    synthesized: tuple[Event, ...] = ()
     for workaround in WORKAROUNDS:
-        if not any(m.pcr == workaround.pcr for m in mismatches):
+        if not any(m.pcr == workaround.pcr for m in mismatches) or not workaround.applies(log):
             continue
-        patched = replay(log, workaround.events(log))
+        extra = tuple(workaround.events(log))
+        patched = replay(log, extra)
         still = compare(log, patched, quoted, banks, log_pcrs)
         if not any(m.pcr == workaround.pcr for m in still):
-            result, mismatches = patched, still
+            result, mismatches, synthesized = patched, still, (*synthesized, *extra)
             applied.append(workaround.name)
     if mismatches:
         raise EventLogReplayMismatch("; ".join(m.describe() for m in mismatches), node_id=node_id)
-    covered = set(log_pcrs)
+    verified: dict[HashAlg, frozenset[int]] = {}
     for bank in banks:
-        covered.update(result.pcrs.get(bank, {}))
-    quoted_pcrs = set().union(*(set(quoted[bank]) for bank in banks))
-    return VerifiedEventLog(
-        log=log,
-        replay=result,
-        verified_pcrs=frozenset(covered & quoted_pcrs),
-        verified_banks=banks,
-        unverified_banks=tuple(bank for bank in quoted if bank not in log.banks),
-        workarounds=tuple(applied),
-    )
+        covered = set(log_pcrs) | set(result.pcrs.get(bank, {}))
+        verified[bank] = frozenset(covered & set(quoted[bank]))
+    return VerifiedEventLog(log, result, verified, tuple(applied), synthesized)
 
 
 def compare(

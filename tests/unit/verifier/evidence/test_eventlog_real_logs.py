@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 import yaml
 
-from verifier.evidence.errors import EventLogMalformed
+from verifier.evidence.errors import EventLogBankMissing, EventLogMalformed
 from verifier.evidence.event_types import EventType
 from verifier.evidence.eventlog import (
     NO_PCR,
@@ -302,14 +302,12 @@ def test_ebs_quirk_on_its_real_log() -> None:
     verified = verify_event_log(log, quoted, node_id="ebs-machine")
     assert verified.workarounds == ("ebs-events-missing",)
     assert verified.replay.pcrs[HashAlg.SHA1][5] == quoted[HashAlg.SHA1][5]
-    assert 5 in verified.verified_pcrs
+    assert 5 in verified.claims_pcrs
     assert {w.name: w.pcr for w in WORKAROUNDS}["ebs-events-missing"] == 5
-    # With both banks quoted, the SHA-1 log verifies the sha1 bank and says so.
+    # With both banks quoted, the SHA-1 log cannot check the sha256 bank: refused.
     both = {bank: {pcr: v} for _, bank, pcr, v in expected_values(EBS)}
-    verified = verify_event_log(log, both)
-    assert verified.verified_banks == (HashAlg.SHA1,)
-    assert verified.unverified_banks == (HashAlg.SHA256,)
-    assert verified.workarounds == ("ebs-events-missing",)
+    with pytest.raises(EventLogBankMissing):
+        verify_event_log(log, both)
 
 
 # --- SOURCES.md facts, one named test each -----------------------------------------------

@@ -115,10 +115,10 @@ def test_matching_log_verifies() -> None:
     verified = verify_event_log(log, quoted)
     assert verified.log is log
     assert verified.verified_banks == TWO_BANKS
-    assert verified.unverified_banks == ()
     assert verified.workarounds == ()
     # PCRs 0-9 are the log's (8, 9 checked to be still at their initial value).
-    assert verified.verified_pcrs == frozenset(range(10))
+    assert verified.verified_pcrs == {bank: frozenset(range(10)) for bank in TWO_BANKS}
+    assert verified.claims_bank == SHA256 and verified.claims_pcrs == frozenset(range(10))
     for bank in TWO_BANKS:
         assert dict(verified.replay.pcrs[bank]) == extend_all(TWO_BANKS, records)[bank]
     assert verified.events() == tuple(e for e in log.events if e.pcr < 10)
@@ -185,7 +185,7 @@ def test_log_truncated_before_a_pcr_is_extended_is_refused() -> None:
 def test_pcr_owned_by_the_log_but_not_extended_must_be_initial() -> None:
     records = boot()
     quoted = quote_of(extend_all(TWO_BANKS, records))
-    assert verify_event_log(agile(records), quoted).verified_pcrs >= {8, 9}
+    assert verify_event_log(agile(records), quoted).claims_pcrs >= {8, 9}
     quoted[SHA256][9] = SHA256.digest(b"kernel measured by grub, missing from the log")
     message = str(refusal(agile(records), quoted))
     assert f"sha256 PCR9: log replays to {bytes(32).hex()}" in message
@@ -200,7 +200,7 @@ def test_unextended_pcr0_must_hold_the_startup_locality() -> None:
     )
     log = agile([locality])
     quoted = quote_of({bank: {0: bytes(bank.digest_size - 1) + b"\x03"} for bank in TWO_BANKS})
-    assert 0 in verify_event_log(log, quoted).verified_pcrs
+    assert 0 in verify_event_log(log, quoted).claims_pcrs
     quoted[SHA1][0] = bytes(20)
     assert "sha1 PCR0" in str(refusal(log, quoted))
 
@@ -213,7 +213,7 @@ def test_pcrs_outside_log_pcrs_and_not_extended_are_ignored() -> None:
         quoted[bank][14] = bank.digest(b"MokListTrusted")  # shim, after boot
         quoted[bank][16] = bank.digest(b"debug")
     verified = verify_event_log(agile(records), quoted)
-    assert not verified.verified_pcrs & {10, 14, 16}
+    assert not verified.claims_pcrs & {10, 14, 16}
     assert all(e.pcr < 10 for e in verified.events())
 
 
@@ -222,14 +222,14 @@ def test_narrower_log_pcrs_ignores_unextended_pcrs_beyond_them() -> None:
     quoted = quote_of(extend_all(TWO_BANKS, records))
     quoted[SHA256][9] = SHA256.digest(b"kernel")
     verified = verify_event_log(agile(records), quoted, log_pcrs=frozenset(range(8)))
-    assert 9 not in verified.verified_pcrs
+    assert 9 not in verified.claims_pcrs
 
 
 def test_pcr_outside_log_pcrs_that_the_log_extends_is_compared() -> None:
     records = [*boot(), measured(12, EventType.EV_IPL, b"systemd-stub cmdline", TWO_BANKS)]
     quoted = quote_of(extend_all(TWO_BANKS, records))
     verified = verify_event_log(agile(records), quoted)
-    assert 12 in verified.verified_pcrs
+    assert 12 in verified.claims_pcrs
     assert any(e.pcr == 12 for e in verified.events())
     quoted[SHA1][12] = bytes(20)
     assert "sha1 PCR12" in str(refusal(agile(records), quoted))
@@ -240,7 +240,7 @@ def test_only_quoted_pcrs_are_verified() -> None:
     records = [*boot(), measured(8, EventType.EV_IPL, b"grub_cmd: linux", TWO_BANKS)]
     quoted = quote_of(extend_all(TWO_BANKS, records), pcrs=range(8))
     verified = verify_event_log(agile(records), quoted)
-    assert verified.verified_pcrs == frozenset(range(8))
+    assert verified.claims_pcrs == frozenset(range(8))
     assert all(e.pcr != 8 for e in verified.events())
 
 
@@ -265,19 +265,34 @@ def test_empty_quote_is_refused_for_missing_banks() -> None:
         verify_event_log(agile(boot()), {})
 
 
-def test_legacy_sha1_log_verifies_a_sha1_and_sha256_quote_on_sha1() -> None:
+def test_legacy_sha1_log_cannot_verify_a_sha256_quote() -> None:
+    """A quoted bank the log has no digests for cannot be checked: refused, not skipped
+    (DESIGN: missing bank -> refused)."""
     records = boot(TWO_BANKS)
     legacy = parse_event_log(encode_legacy(records))
     quoted = quote_of(extend_all(TWO_BANKS, records))
-    verified = verify_event_log(legacy, quoted)
-    assert verified.verified_banks == (SHA1,)
-    assert verified.unverified_banks == (SHA256,)
-    assert list(verified.replay.pcrs) == [SHA1]
-    # The sha256 values are not checked: a wrong one does not matter to a SHA-1 log.
-    quoted[SHA256][4] = bytes(32)
-    assert verify_event_log(legacy, quoted).unverified_banks == (SHA256,)
-    quoted[SHA1][4] = bytes(20)
-    assert "sha1 PCR4" in str(refusal(legacy, quoted))
+    with pytest.raises(EventLogBankMissing, match="sha256"):
+        verify_event_log(legacy, quoted)
+    only_sha1 = {SHA1: quoted[SHA1]}
+    verified = verify_event_log(legacy, only_sha1)
+    assert verified.verified_banks == (SHA1,) and list(verified.replay.pcrs) == [SHA1]
+    only_sha1[SHA1][4] = bytes(20)
+    assert "sha1 PCR4" in str(refusal(legacy, only_sha1))
+
+
+def test_verified_pcrs_are_per_bank() -> None:
+    """PCRs 4-9 quoted in sha1 only are not vouched for in sha256: claims use one bank
+    (sha256 here) and only the PCRs that bank verified."""
+    records = boot(TWO_BANKS)
+    log = agile(records)
+    values = extend_all(TWO_BANKS, records)
+    sha256_low = {pcr: values[SHA256].get(pcr, bytes(32)) for pcr in range(4)}
+    sha1_all = {pcr: values[SHA1].get(pcr, bytes(20)) for pcr in range(10)}
+    verified = verify_event_log(log, {SHA1: sha1_all, SHA256: sha256_low})
+    assert verified.verified_pcrs == {SHA1: frozenset(range(10)), SHA256: frozenset(range(4))}
+    assert verified.claims_bank == SHA256
+    assert verified.claims_pcrs == frozenset(range(4))
+    assert all(e.pcr < 4 for e in verified.events())
 
 
 def test_log_bank_the_quote_lacks_is_not_needed() -> None:
@@ -286,7 +301,6 @@ def test_log_bank_the_quote_lacks_is_not_needed() -> None:
     quoted = quote_of(extend_all([SHA256], records))
     verified = verify_event_log(log, quoted)
     assert verified.verified_banks == (SHA256,)
-    assert verified.unverified_banks == ()
 
 
 # --- workarounds -----------------------------------------------------------------------
@@ -314,8 +328,13 @@ def test_missing_exit_boot_services_events_are_worked_around(
     assert verified.workarounds == ("ebs-events-missing",)
     for bank in banks:
         assert verified.replay.pcrs[bank][5] == quoted[bank][5]
-    assert verified.log is log  # the log itself is not changed: no invented events
-    assert verified.events() == log.events
+    assert verified.log is log  # the log itself is not changed
+    # The events the quote proves are kept apart, and claims see them.
+    assert [e.data for e in verified.synthesized] == [
+        b"Exit Boot Services Invocation",
+        b"Exit Boot Services Returned with Success",
+    ]
+    assert verified.events() == (*log.events, *verified.synthesized)
 
 
 def test_workaround_not_tried_when_plain_replay_matches() -> None:

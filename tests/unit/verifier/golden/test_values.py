@@ -35,7 +35,7 @@ def test_each_deviation_is_named() -> None:
     golden = learn([_claims("good")], "fleet")
     outcome = appraise(_claims("cmdline-changed"), [golden])
     assert outcome.matched is None
-    assert [d.claim for d in outcome.deviations] == ["kernel.cmdline"]
+    assert [d.claim for d in outcome.deviations] == ["kernel.cmdline", "kernel.commands"]
     assert "init=/bin/sh" in outcome.deviations[0].describe()
 
 
@@ -58,20 +58,27 @@ def test_no_documents_match_nothing() -> None:
 
 def test_claim_the_log_does_not_make_is_a_deviation() -> None:
     golden = learn([_claims("good")], "fleet")
-    outcome = appraise(_claims("secure-boot-off"), [golden])
+    reference = dict(golden.reference)
+    reference["kernel.initrd-never-measured"] = ("x",)
+    outcome = appraise(_claims("good"), [GoldenValues("fleet", reference)])
     missing = [d for d in outcome.deviations if d.actual is None]
-    assert any(d.claim == "secure-boot.authorities" for d in missing)
-    assert all("not measured" in d.describe() for d in missing)
+    assert [d.claim for d in missing] == ["kernel.initrd-never-measured"]
+    assert "not measured" in missing[0].describe()
+
+
+def test_an_emptied_family_is_a_deviation() -> None:
+    """Secure Boot off: no authority verified anything; the empty list deviates."""
+    golden = learn([_claims("good")], "fleet")
+    outcome = appraise(_claims("secure-boot-off"), [golden])
+    authorities = next(d for d in outcome.deviations if d.claim == "secure-boot.authorities")
+    assert authorities.describe().startswith("secure-boot.authorities: missing")
 
 
 def test_diff_shows_only_what_changed() -> None:
     a = learn([_claims("good")], "a")
     b = learn([_claims("tampered-kernel")], "b")
     lines = diff(a, b)
-    assert {line.claim for line in lines} == {
-        "boot-chain.kernel",
-        "kernel.file:/boot/vmlinuz-6.1.0-28-amd64",
-    }
+    assert {line.claim for line in lines} == {"boot-chain", "boot-chain.kernel", "kernel.files"}
     assert diff(a, a) == ()
 
 
