@@ -8,7 +8,7 @@ from __future__ import annotations
 import getpass
 import json
 import socket
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -161,6 +161,9 @@ def golden_learn(
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here.")] = None,
     author: Annotated[str | None, typer.Option(help="Who vouches for them.")] = None,
+    valid_days: Annotated[
+        float | None, typer.Option(min=0, help="Days the values stay valid (default: no end).")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Golden values from known-good boots, as a readable YAML document."""
@@ -179,12 +182,15 @@ def golden_learn(
         parsed_claims, source = _node_claims(node, config)
         claims.append(parsed_claims)
         sources.append(source)
+    created = datetime.now(UTC).replace(microsecond=0)
     provenance = {
         "source": "; ".join(sources),
-        "created": datetime.now(UTC).replace(microsecond=0).isoformat(),
+        "created": created.isoformat(),
         "author": author or f"{getpass.getuser()}@{socket.gethostname()}",
         "tool": "attest golden learn",
     }
+    if valid_days is not None:
+        provenance["valid-until"] = (created + timedelta(days=valid_days)).isoformat()
     document = to_yaml(learn(claims, name, provenance))
     if output is None:
         out.print(document, end="", highlight=False, markup=False, soft_wrap=True)

@@ -17,6 +17,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 from verifier.evidence.claims import BootClaims, claims_of
@@ -90,7 +91,10 @@ class BootAppraiser:
         raw_log: bytes,
         quoted: PcrValues,
         golden: Sequence[GoldenValues],
+        now: datetime | None = None,
     ) -> BootAppraisal:
+        """Appraise one node's log against its verified quote and the golden values in
+        force at `now` (the attestation's time; the clock when not given)."""
         if not raw_log:
             if not self._require:
                 return _NO_LOG
@@ -124,13 +128,21 @@ class BootAppraiser:
             self._claims.put(key, claims, parsed.log.size)
         findings = tuple(f.describe() for f in claims.findings)
         failures: tuple[EvidenceError, ...] = ()
-        outcome = appraise(claims, golden)
+        moment = now or datetime.now(UTC)
+        active = [g for g in golden if not g.expired(moment)]
+        outcome = appraise(claims, active)
         if not golden:
             failures = (
                 GoldenValuesMissing(
                     "no golden values are imported (attest golden import)", node_id=node_id
                 ),
             )
+        elif not active:
+            names = ", ".join(f"{g.name} (valid until {g.valid_until})" for g in golden)
+            expired = GoldenValuesMissing(
+                f"every golden-values document has expired: {names}", node_id=node_id
+            )
+            failures = (expired,)
         elif outcome.matched is None:
             deviations = "; ".join(d.describe() for d in outcome.deviations)
             failures = (

@@ -369,7 +369,11 @@ class Verifier:
             failures = refusal.failures if isinstance(refusal, ChecksFailed) else (refusal,)
             return _refused(record, failures)
         boot = self._boot.appraise(
-            node.node_id, record.event_log or b"", verified.pcr_values, self._golden_values()
+            node.node_id,
+            record.event_log or b"",
+            verified.pcr_values,
+            self._golden_values(),
+            now=record.received_at,
         )
         record = replace(
             record,

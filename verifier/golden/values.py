@@ -5,7 +5,8 @@ A golden-values document is readable YAML:
     kind: lightgate/golden-values
     version: 1
     name: debian12-ovmf
-    provenance: {source: "eventlog:good.bin sha256:…", created: "…", author: "…"}
+    provenance: {source: "eventlog:good.bin sha256:…", created: "…", author: "…",
+                 valid-until: "2027-05-26T00:00:00+00:00"}      # optional
     reference:
       boot-chain.kernel: ["sha256:…"]          # allowed alternatives
       secure-boot.enabled: [true]
@@ -16,7 +17,9 @@ Each reference name is a claim name of `verifier.evidence.claim_names.flatten`, 
 values that are acceptable.  A claim the document does not name is not judged (delete a
 line to stop caring); a named claim the log does not make is a deviation (closed).  A
 node matches a set of documents when one document has no deviation; otherwise the
-deviations of the closest document are reported, each by claim name.  Pure: no I/O.
+deviations of the closest document are reported, each by claim name.  A document past
+its `valid-until` (ISO 8601, in the provenance so that it travels inside a signed CoRIM)
+is not used: an expired reference value vouches for nothing.  Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Final
 
 import yaml
@@ -34,6 +38,7 @@ from verifier.evidence.claim_names import ClaimValue, flatten
 from verifier.evidence.claims import BootClaims
 
 KIND: Final = "lightgate/golden-values"
+VALID_UNTIL: Final = "valid-until"
 VERSION: Final = 1
 
 
@@ -60,6 +65,15 @@ class GoldenValues:
                 for claim, alternatives in sorted(self.reference.items())
             },
         }
+
+    @property
+    def valid_until(self) -> datetime | None:
+        text = self.provenance.get(VALID_UNTIL)
+        return None if text is None else _instant(text)
+
+    def expired(self, now: datetime) -> bool:
+        until = self.valid_until
+        return until is not None and now >= until
 
     @property
     def digest(self) -> bytes:
@@ -202,11 +216,24 @@ def from_document(document: object) -> GoldenValues:
     reference = document.get("reference")
     if not isinstance(reference, dict) or not reference:
         raise GoldenValuesInvalid("reference must be a non-empty mapping of claim names")
-    return GoldenValues(
+    golden = GoldenValues(
         name,
         {str(claim): _alternatives(str(claim), values) for claim, values in reference.items()},
         {str(k): str(v) for k, v in provenance.items()},
     )
+    if VALID_UNTIL in golden.provenance:
+        golden.valid_until  # noqa: B018 - validates the date now, not at appraisal
+    return golden
+
+
+def _instant(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise GoldenValuesInvalid(f"{VALID_UNTIL} {text!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise GoldenValuesInvalid(f"{VALID_UNTIL} {text!r} needs a time zone")
+    return moment
 
 
 def _alternatives(claim: str, values: object) -> tuple[ClaimValue, ...]:

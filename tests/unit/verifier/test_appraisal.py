@@ -68,3 +68,19 @@ def test_cache_is_bounded() -> None:
         raw = fixture_path(name).read_bytes()
         appraiser.appraise("n", raw, _quoted(raw), golden)
     assert len(appraiser._parsed) == 2
+
+
+def test_expired_golden_values_vouch_for_nothing() -> None:
+    from datetime import UTC, datetime
+
+    from verifier.golden.values import GoldenValues
+
+    good = golden_from_fixture()
+    dated = GoldenValues(good.name, good.reference, {"valid-until": "2026-06-01T00:00:00+00:00"})
+    before = datetime(2026, 5, 31, tzinfo=UTC)
+    after = datetime(2026, 6, 1, tzinfo=UTC)
+    appraiser = BootAppraiser()
+    assert appraiser.appraise("n", GOOD, _quoted(GOOD), [dated], now=before).passed
+    expired = appraiser.appraise("n", GOOD, _quoted(GOOD), [dated], now=after)
+    assert [f.check for f in expired.failures] == ["golden-values-missing"]
+    assert "expired" in expired.failures[0].reason

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from lightgate.sim.boot import fixture_path
@@ -119,3 +121,15 @@ def test_digest_ignores_provenance() -> None:
         GoldenValues("a", reference, {"author": "x"}).digest
         == GoldenValues("a", reference, {"author": "y"}).digest
     )
+
+
+def test_valid_until_is_read_and_checked() -> None:
+    golden = learn([_claims("good")], "fleet", {"valid-until": "2027-01-01T00:00:00+00:00"})
+    assert from_yaml(to_yaml(golden)).valid_until is not None
+    assert not golden.expired(datetime(2026, 12, 31, tzinfo=UTC))
+    assert golden.expired(datetime(2027, 1, 1, tzinfo=UTC))
+    document = golden.to_document()
+    for bad in ("next year", "2027-01-01T00:00:00"):  # not a time; no time zone
+        document["provenance"] = {"valid-until": bad}
+        with pytest.raises(GoldenValuesInvalid, match="valid-until"):
+            from_document(document)
