@@ -62,7 +62,8 @@ def _describe(event: Event, uintn_size: int | None) -> str:
             return f"StartupLocality {data[-1]}"
         return decode_text(data.split(b"\x00", 1)[0]) or f"{len(data)} bytes"
     if kind == EventType.EV_SEPARATOR:
-        return {b"\x00" * 4: "normal", b"\xff" * 4: "ERROR"}.get(data, data.hex())
+        labels = {bytes(4): "normal", b"\xff" * 4: "normal (TPM 1.2-era value)"}
+        return labels.get(data, "ERROR" if data == (1).to_bytes(4, "little") else data.hex())
     if kind in _TEXT_EVENTS:
         text = decode_text(data)
         return text if text.isprintable() and "\ufffd" not in text else data.hex()
