@@ -256,27 +256,36 @@ _LONG_HEX = re.compile(r"\b([0-9a-f]{12})[0-9a-f]{8,}\b")
 _TIMESTAMP = re.compile(r"(\d{4}-\d\d-\d\dT)?(\d\d:\d\d:\d\d)(\.\d+)?\+00:00")
 
 
-def _brief(detail: str) -> str:
-    """The table's short form of a reason: long hex and timestamps abbreviated (the
-    JSON output and the logs keep them whole)."""
+_CLAIM_NAME = re.compile(r"^[a-z][a-z0-9.-]*$")
+
+
+def _brief(check: str, detail: str) -> str:
+    """The table's short form of a reason: long hex and timestamps abbreviated, golden
+    deviations by claim name only (the JSON output and the logs keep them whole)."""
+    if check == "golden-values":
+        parts = (part.partition(": ")[0] for part in detail.split("; ")[1:])
+        named = [part for part in parts if _CLAIM_NAME.match(part)]
+        first = detail.split("; ", maxsplit=1)[0].partition(": ")
+        named = [first[2].partition(": ")[0], *named] if first[2] else named
+        if named:
+            return "deviates in " + ", ".join(dict.fromkeys(named))
     return _TIMESTAMP.sub(r"\2Z", _LONG_HEX.sub(r"\1…", detail))
 
 
 def _print_results(results: list[Any]) -> None:
     table = Table(title="Lightgate simulation", expand=True)
     table.add_column("node", no_wrap=True)
-    table.add_column("scenario", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("refused by", no_wrap=True)
-    table.add_column("detail", ratio=1, min_width=28)
+    table.add_column("scenario")
+    table.add_column("verdict (check)", overflow="fold")
+    table.add_column("detail", ratio=1, min_width=20, overflow="fold")
     table.add_column("", no_wrap=True)
     style = {"affirming": "green", "contraindicated": "red", "none": "yellow"}
     for r in results:
         check, _, detail = (r.reason or "").partition(": ")
-        detail = _brief(detail.removesuffix(f" (node {r.node})")) or f"trusted; {r.ak}"
+        detail = _brief(check, detail.removesuffix(f" (node {r.node})")) or f"trusted; {r.ak}"
         mark = "[green]✓[/]" if r.as_expected else f"[red]✗ expected {r.expected}[/]"
-        status = f"[{style.get(r.status, 'white')}]{r.status}[/]"
-        table.add_row(r.node, r.scenario, status, check, detail, mark)
+        verdict = f"[{style.get(r.status, 'white')}]{r.status}[/]" + (f"\n{check}" if check else "")
+        table.add_row(r.node, r.scenario, verdict, detail, mark)
     out.print(table)
     trusted = sum(r.status == "affirming" for r in results)
     out.print(
