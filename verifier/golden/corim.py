@@ -13,7 +13,7 @@ draft's "Extensibility" section reserves non-negative ones for IANA, and scoped 
       protected: bstr .cbor {
         1: alg,                                ; -7 ES256, -35 ES384, -8 EdDSA
         3: "application/rim+cbor",             ; content-type
-        ? 4: kid,                              ; when given; see key_id_of
+        ? 4: kid,                              ; when given; see cose.key_id_of
         8: bstr .cbor {                        ; corim-meta
           0: {0: signer-name},                 ; signer
           ? 1: {? 0: not-before, 1: not-after} ; signature-validity, #6.1(int)
@@ -49,32 +49,22 @@ triples for one environment are alternative reference states.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
 import cbor2
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
 
 from lightgate.errors import Refusal
 from verifier.evidence.claim_names import ClaimValue
+from verifier.golden import cose
 from verifier.golden.cbor_guard import CborInvalid, checked_loads
 from verifier.golden.values import KIND, VERSION, GoldenValues, GoldenValuesInvalid, from_document
-
-SigningKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
-TrustedKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 
 CONTENT_TYPE: Final = "application/rim+cbor"
 PROFILE: Final = "tag:lightgate,2026:corim/golden-values/1"
@@ -125,78 +115,31 @@ class CorimOutsideValidity(CorimSignatureInvalid):
     check = "corim-validity"
 
 
-# Keys and algorithms.
+# Keys: cose.py loads them; its refusals are this module's CorimInvalid.
 
 
-@dataclass(frozen=True, slots=True)
-class _Alg:
-    cose: int
-    name: str
-    curve: str | None  # None: EdDSA over Ed25519
-    ecdsa: ec.ECDSA | None
-    size: int  # bytes of r and of s
-
-    def matches(self, key: object) -> bool:
-        if isinstance(key, ed25519.Ed25519PublicKey):
-            return self.curve is None
-        return isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == self.curve
-
-
-_ES256: Final = _Alg(-7, "ES256", "secp256r1", ec.ECDSA(hashes.SHA256()), 32)
-_ES384: Final = _Alg(-35, "ES384", "secp384r1", ec.ECDSA(hashes.SHA384()), 48)
-_EDDSA: Final = _Alg(-8, "EdDSA", None, None, 32)
-_ALGS: Final = {alg.cose: alg for alg in (_ES256, _ES384, _EDDSA)}
-
-
-def _alg_for(key: object) -> _Alg:
-    for alg in _ALGS.values():
-        if alg.matches(key):
-            return alg
-    raise CorimInvalid(f"unsupported key: {_describe_key(key)} (P-256, P-384 or Ed25519)")
-
-
-def key_id_of(key: TrustedKey) -> bytes:
-    """The kid Lightgate uses for a key: SHA-256 of its DER SubjectPublicKeyInfo."""
-    spki = key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(spki).digest()
-
-
-def load_signing_key(pem: bytes) -> SigningKey:
+def load_signing_key(pem: bytes) -> cose.SigningKey:
     """A PEM private key (unencrypted): P-256, P-384 or Ed25519."""
-    try:
-        key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise CorimInvalid(f"not an unencrypted PEM private key: {exc}") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
-        raise CorimInvalid(f"unsupported key: {_describe_key(key)} (P-256, P-384 or Ed25519)")
-    _alg_for(key.public_key())
-    return key
+    with _key_refusals():
+        return cose.load_signing_key(pem)
 
 
-def load_trusted_key(pem: bytes) -> TrustedKey:
+def load_trusted_key(pem: bytes) -> cose.TrustedKey:
     """A PEM public key, or the key of a PEM X.509 certificate: P-256, P-384 or Ed25519.
 
     A private key is refused: a verifier's trust list holds no signing material."""
+    with _key_refusals():
+        return cose.load_trusted_key(pem)
+
+
+@contextmanager
+def _key_refusals() -> Iterator[None]:
+    """cose.CoseKeyInvalid as CorimInvalid, message unchanged: this module's public
+    functions refuse with CorimInvalid / CorimSignatureInvalid only."""
     try:
-        if b"-----BEGIN CERTIFICATE-----" in pem:
-            key: object = x509.load_pem_x509_certificate(pem).public_key()
-        elif b"PRIVATE KEY-----" in pem:
-            raise CorimInvalid("a trusted key is a public key or a certificate, not a private key")
-        else:
-            key = serialization.load_pem_public_key(pem)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise CorimInvalid(f"not a PEM public key or certificate: {exc}") from None
-    if not isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
-        raise CorimInvalid(f"unsupported key: {_describe_key(key)} (P-256, P-384 or Ed25519)")
-    _alg_for(key)
-    return key
-
-
-def _describe_key(key: object) -> str:
-    curve = getattr(key, "curve", None)
-    return f"{type(key).__name__} {curve.name}" if curve is not None else type(key).__name__
+        yield
+    except cose.CoseKeyInvalid as exc:
+        raise CorimInvalid(exc.message) from None
 
 
 # Export.
@@ -204,7 +147,7 @@ def _describe_key(key: object) -> str:
 
 def export_corim(
     golden: GoldenValues,
-    key: SigningKey,
+    key: cose.SigningKey,
     *,
     key_id: bytes | None = None,
     corim_id: str | None = None,
@@ -215,7 +158,8 @@ def export_corim(
     """The golden values as a signed CoRIM; `not_after` (and `not_before`) bound the
     signature's validity, which import then checks."""
     golden = _checked(golden)
-    alg = _alg_for(key.public_key())
+    with _key_refusals():
+        alg = cose.alg_for(key.public_key())
     protected: dict[int, object] = {_ALG: alg.cose, _CONTENT_TYPE: CONTENT_TYPE}
     if key_id is not None:
         protected[_KID] = bytes(key_id)
@@ -227,7 +171,8 @@ def export_corim(
     }
     header = cbor2.dumps(protected)
     payload = cbor2.dumps(cbor2.CBORTag(_TAG_CORIM, corim_map))
-    signature = _sign(key, alg, _to_be_signed(header, payload))
+    with _key_refusals():
+        signature = cose.sign(key, alg, _to_be_signed(header, payload))
     return cbor2.dumps(cbor2.CBORTag(_TAG_SIGN1, [header, {}, payload, signature]))
 
 
@@ -292,22 +237,13 @@ def _to_be_signed(protected: bytes, payload: bytes) -> bytes:
     return cbor2.dumps(["Signature1", protected, b"", payload])
 
 
-def _sign(key: SigningKey, alg: _Alg, to_be_signed: bytes) -> bytes:
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return key.sign(to_be_signed)
-    if alg.ecdsa is None:
-        raise CorimInvalid(f"{alg.name} is not an ECDSA algorithm")
-    r, s = decode_dss_signature(key.sign(to_be_signed, alg.ecdsa))
-    return r.to_bytes(alg.size, "big") + s.to_bytes(alg.size, "big")
-
-
 # Import: envelope, signature, then payload.
 
 
 @dataclass(frozen=True, slots=True)
 class _Envelope:
     protected: bytes
-    alg: _Alg
+    alg: cose.Alg
     kid: bytes | None
     corim_meta: bytes
     payload: bytes
@@ -315,7 +251,7 @@ class _Envelope:
 
 
 def import_corim(
-    data: bytes, trusted: Sequence[TrustedKey], *, now: datetime | None = None
+    data: bytes, trusted: Sequence[cose.TrustedKey], *, now: datetime | None = None
 ) -> GoldenValues:
     """Golden values from a signed CoRIM, once its signature verifies with a trusted key.
 
@@ -357,7 +293,7 @@ def _open(data: bytes) -> _Envelope:
 _PROTECTED_LABELS: Final = frozenset({_ALG, _CONTENT_TYPE, _KID, _CORIM_META})
 
 
-def _read_protected(protected: bytes) -> tuple[_Alg, bytes | None, bytes]:
+def _read_protected(protected: bytes) -> tuple[cose.Alg, bytes | None, bytes]:
     """(alg, kid, corim-meta bytes) of the protected header.  Closed: a label Lightgate
     does not know (crit among them, RFC 9052, 3.1) is refused rather than ignored."""
     if not protected:
@@ -369,7 +305,7 @@ def _read_protected(protected: bytes) -> tuple[_Alg, bytes | None, bytes]:
     if _ALG not in header:
         raise CorimInvalid("the protected header has no alg (1)")
     alg = header[_ALG]
-    if not _is_int(alg) or alg not in _ALGS:
+    if not _is_int(alg) or alg not in cose.ALGS:
         raise CorimSignatureInvalid(f"alg {alg!r} is not ES256 (-7), ES384 (-35) or EdDSA (-8)")
     if header.get(_CONTENT_TYPE) != CONTENT_TYPE:
         raise CorimInvalid(f"content-type {header.get(_CONTENT_TYPE)!r} is not {CONTENT_TYPE!r}")
@@ -377,7 +313,7 @@ def _read_protected(protected: bytes) -> tuple[_Alg, bytes | None, bytes]:
         raise CorimInvalid("the protected header has no corim-meta (8)")
     kid = header.get(_KID)
     return (
-        _ALGS[alg],
+        cose.ALGS[alg],
         None if kid is None else _bytes(kid, "kid"),
         _bytes(header[_CORIM_META], "corim-meta (8)"),
     )
@@ -391,34 +327,18 @@ def _check_unprotected(unprotected: Mapping[object, object]) -> None:
             raise CorimInvalid(f"header label {label} must not be in the unprotected header")
 
 
-def _verify(envelope: _Envelope, trusted: Sequence[TrustedKey]) -> None:
+def _verify(envelope: _Envelope, trusted: Sequence[cose.TrustedKey]) -> None:
     alg = envelope.alg
     keys = [key for key in trusted if alg.matches(key)]
     if envelope.kid is not None:
-        keys = [key for key in keys if key_id_of(key) == envelope.kid] or keys
+        keys = [key for key in keys if cose.key_id_of(key) == envelope.kid] or keys
     if not keys:
         raise CorimSignatureInvalid(f"no trusted key for {alg.name} ({len(trusted)} trusted)")
     to_be_signed = _to_be_signed(envelope.protected, envelope.payload)
-    if not any(_verifies(key, alg, to_be_signed, envelope.signature) for key in keys):
+    if not any(cose.verifies(key, alg, to_be_signed, envelope.signature) for key in keys):
         raise CorimSignatureInvalid(
             f"the {alg.name} signature verifies with none of the {len(keys)} trusted keys"
         )
-
-
-def _verifies(key: TrustedKey, alg: _Alg, to_be_signed: bytes, signature: bytes) -> bool:
-    try:
-        if isinstance(key, ed25519.Ed25519PublicKey):
-            key.verify(signature, to_be_signed)
-            return True
-        # RFC 9053, 2.1: r and s, each of the curve's size; not DER.
-        if len(signature) != 2 * alg.size or alg.ecdsa is None:
-            return False
-        r = int.from_bytes(signature[: alg.size], "big")
-        s = int.from_bytes(signature[alg.size :], "big")
-        key.verify(encode_dss_signature(r, s), to_be_signed, alg.ecdsa)
-    except InvalidSignature:
-        return False
-    return True
 
 
 def _check_validity(meta_value: object, now: datetime | None) -> None:

@@ -30,13 +30,12 @@ from verifier.golden.corim import (
     CorimInvalid,
     CorimOutsideValidity,
     CorimSignatureInvalid,
-    SigningKey,
     export_corim,
     import_corim,
-    key_id_of,
     load_signing_key,
     load_trusted_key,
 )
+from verifier.golden.cose import SigningKey, key_id_of
 from verifier.golden.values import GoldenValues
 
 P256 = ec.generate_private_key(ec.SECP256R1())
