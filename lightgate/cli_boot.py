@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from lightgate.cli_common import ConfigOption, JsonOption, fail, open_store, out, read_file
+from lightgate.cli_common import ConfigOption, JsonOption, err, fail, open_store, out, read_file
 from lightgate.config import VerifierConfig, load_config
 
 if TYPE_CHECKING:  # the modules load lazily so `attest --help` stays fast
@@ -166,18 +166,43 @@ def golden_learn(
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Golden values from known-good boots, as a readable YAML document."""
+    """Golden values from known-good boots, as a readable YAML document.
+
+    A log file is read as the verifier reads it from a quote over its configured PCR
+    selection (`-c`; the default selection otherwise).  Several boots learned together
+    make one document whose claims each accept any of the boots' values: any mix of
+    them passes.  To accept only whole boots, learn each into its own document."""
     from verifier.evidence.claims import extract_claims
+    from verifier.evidence.measured_boot import WORKAROUNDS
+    from verifier.evidence.tpm_structures import HashAlg
     from verifier.golden.values import learn, to_yaml
 
     if not log and not node:
         fail("give --log FILE (repeatable) or --node NODE")
+    settings = load_config(VerifierConfig, config)
+    selection = {
+        HashAlg.from_name(bank): pcrs for bank, pcrs in settings.attestation.pcr_selection.items()
+    }
+    log_pcrs = frozenset(settings.measured_boot.log_pcrs)
     claims: list[BootClaims] = []
     sources: list[str] = []
     for path in log or []:
         parsed = _parse(path)
-        claims.append(extract_claims(parsed))
+        claims.append(extract_claims(parsed, selection, log_pcrs))
         sources.append(f"eventlog:{path.name} sha256:{parsed.sha256.hex()}")
+        for quirk in (w for w in WORKAROUNDS if w.applies(parsed)):
+            err.print(
+                f"warning: {path.name} shows the firmware quirk {quirk.name!r} "
+                f"({quirk.description}); a quote of this machine needs the workaround, so "
+                "learn from the node (--node) to include what the quote proves",
+                highlight=False,
+            )
+    if len(claims) > 1:
+        err.print(
+            f"warning: {len(claims)} boots learned into one document: any mix of their "
+            "claims passes; learn each boot into its own document to accept only whole boots",
+            highlight=False,
+        )
     if node:
         parsed_claims, source = _node_claims(node, config)
         claims.append(parsed_claims)

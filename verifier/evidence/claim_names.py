@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Final
 
-from verifier.evidence.claims import BootClaims, Component
+from verifier.evidence.claims import FAMILY_PCRS, BootClaims, Component
 
 ClaimValue = str | bool | tuple[str, ...]
 
@@ -54,54 +54,64 @@ def _role_from_path(path: str) -> str | None:
 
 
 def flatten(claims: BootClaims) -> dict[str, ClaimValue]:
-    """The claims as named values.  Absent claims are absent names, never a default; a
-    family whose PCR the claims cover is present even when empty (closed: a node that
-    adds an event to an empty family deviates)."""
+    """The claims as named values.  A family is named whenever a PCR it claims from is
+    covered, empty if need be (closed: a node that adds an event to an empty family
+    deviates); `other-events.pcrN` names, per covered PCR, every event without a claim
+    of its own, so that an operator can stop judging one volatile PCR (Windows' PCR12
+    boot counter) without losing the rest."""
     covered = set(claims.pcrs)
+
+    def family(name: str) -> bool:
+        return bool(covered & FAMILY_PCRS[name])
+
     values: dict[str, ClaimValue] = {}
     firmware = claims.firmware
-    if firmware.scrtm_version is not None:
-        values["firmware.scrtm-version"] = firmware.scrtm_version
-    if 0 in covered:
+    if family("firmware"):
+        values["firmware.scrtm-version"] = firmware.scrtm_versions
         values["firmware.scrtm-contents"] = _digests(firmware.scrtm_contents)
         values["firmware.blobs"] = _digests(firmware.blobs)
-    if 2 in covered:
+    if family("handoff"):
+        values["firmware.handoff-tables"] = _digests(firmware.handoff_tables)
+    if family("drivers"):
         values["firmware.drivers"] = _digests(firmware.drivers)
-    sb = claims.secure_boot
-    if sb.enabled is not None:
-        values["secure-boot.enabled"] = sb.enabled
-    for name, entries in (("pk", sb.pk), ("kek", sb.kek), ("db", sb.db), ("dbx", sb.dbx)):
-        if name.upper() in sb.variables or name in sb.variables:
-            values[f"secure-boot.{name}"] = tuple(e.fingerprint for e in entries)
-    shim = claims.shim
-    if 7 in covered:
+    sb, shim = claims.secure_boot, claims.shim
+    if family("secure-boot"):
+        if sb.enabled is not None:
+            values["secure-boot.enabled"] = sb.enabled
+        for name, entries in (("pk", sb.pk), ("kek", sb.kek), ("db", sb.db), ("dbx", sb.dbx)):
+            if name.upper() in sb.variables or name in sb.variables:
+                values[f"secure-boot.{name}"] = tuple(e.fingerprint for e in entries)
         values["secure-boot.actions"] = sb.actions
         values["secure-boot.authorities"] = tuple(e.fingerprint for e in sb.authorities)
         values["shim.vendor-certificates"] = tuple(e.fingerprint for e in shim.vendor_certificates)
         values["shim.mok-authorities"] = tuple(e.fingerprint for e in shim.mok_authorities)
         values["shim.sbat-level"] = shim.sbat_levels
-    if 14 in covered:
+    if family("mok"):
         values["shim.mok-variables"] = _digests(shim.mok_variables)
-    if 4 in covered:
+    if family("boot-chain"):
         values["boot-chain"] = _digests(claims.boot_chain)
         for role, component in boot_chain_roles(claims.boot_chain):
             values[f"boot-chain.{role}"] = component.digest
     kernel = claims.kernel
-    if 8 in covered:
+    if family("commands"):
         values["kernel.commands"] = kernel.commands
-    if kernel.path is not None:
-        values["kernel.path"] = kernel.path
-    if kernel.cmdline is not None:
-        values["kernel.cmdline"] = kernel.cmdline
-    if kernel.initrd is not None:
-        values["kernel.initrd"] = kernel.initrd
-    if 9 in covered:
+        values["kernel.grub-settings"] = kernel.settings
+        if kernel.path is not None:
+            values["kernel.path"] = kernel.path
+        if kernel.cmdline is not None:
+            values["kernel.cmdline"] = kernel.cmdline
+        if kernel.initrd is not None:
+            values["kernel.initrd"] = kernel.initrd
+    if family("files"):
         values["kernel.files"] = _digests(kernel.files)
-    if covered & set(range(8)):
-        values["separators"] = claims.separators
-    if 5 in covered:
+    values["separators"] = claims.separators
+    if family("exit-boot-services"):
         values["exit-boot-services"] = claims.exit_boot_services
-    values["other-events"] = claims.other_events
+    for pcr in sorted(covered):
+        prefix = f"PCR{pcr} "
+        values[f"other-events.pcr{pcr}"] = tuple(
+            line.removeprefix(prefix) for line in claims.other_events if line.startswith(prefix)
+        )
     return values
 
 

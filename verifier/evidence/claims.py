@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -65,6 +65,10 @@ _EBS_ACTIONS: Final = frozenset(
     {"Exit Boot Services Invocation", "Exit Boot Services Returned with Success"}
 )
 _KERNEL_VERBS: Final = frozenset({"linux", "linuxefi", "linux16"})
+#: grub's tests and assignments: their measured text follows grubenv (boot_success,
+#: recordfail, initrdfail), which changes between boots of one machine, so they are a
+#: claim of their own (`kernel.grub-settings`) that an operator can choose not to judge.
+_GRUB_SETTINGS: Final = frozenset({"[", "test", "set", "unset", "export"})
 _INITRD_VERBS: Final = frozenset({"initrd", "initrdefi", "initrd16"})
 
 
@@ -127,7 +131,7 @@ class Finding:
 
 @dataclass(frozen=True, slots=True)
 class FirmwareClaims:
-    scrtm_version: str | None = None
+    scrtm_versions: tuple[str, ...] = ()  # every S-CRTM version PCR0 measured (usually one)
     scrtm_contents: tuple[Component, ...] = ()
     blobs: tuple[Component, ...] = ()  # firmware volumes, microcode, POST code
     drivers: tuple[Component, ...] = ()  # UEFI drivers and option ROMs
@@ -162,7 +166,8 @@ class KernelClaims:
     cmdline: str | None = None
     initrd: str | None = None
     files: tuple[Component, ...] = ()  # what the boot loader read (grub's PCR9)
-    commands: tuple[str, ...] = ()  # the measured text of every PCR8/PCR12 event, in order
+    commands: tuple[str, ...] = ()  # grub's measured commands (PCR8/PCR12), in order
+    settings: tuple[str, ...] = ()  # grub's tests and assignments: grubenv-dependent
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +183,7 @@ class BootClaims:
     kernel: KernelClaims = field(default_factory=KernelClaims)
     separators: tuple[str, ...] = ()  # "PCR4", "PCR4:error", "PCR12:5742434c", in order
     exit_boot_services: bool = False
-    other_events: tuple[str, ...] = ()  # "PCR5 EV_EFI_GPT_EVENT sha256:…": no claim of their own
+    other_events: tuple[str, ...] = ()  # "PCR5 EV_EFI_GPT_EVENT sha256:…": no claim of own
     pcrs: tuple[int, ...] = ()  # the PCRs these claims come from
     findings: tuple[Finding, ...] = ()
 
@@ -191,11 +196,21 @@ def claims_of(verified: VerifiedEventLog) -> BootClaims:
     return _extract(verified.log, verified.events(), verified.claims_bank, verified.claims_pcrs)
 
 
-def extract_claims(log: EventLog) -> BootClaims:
-    """Claims from every event of an unverified log (CLI, learning from a file)."""
-    bank = next((b for b in PREFERRED_BANKS if b in log.banks), None)
+def extract_claims(
+    log: EventLog,
+    selection: Mapping[HashAlg, Iterable[int]] | None = None,
+    log_pcrs: frozenset[int] = DEFAULT_LOG_PCRS,
+) -> BootClaims:
+    """Claims from an unverified log (CLI, learning from a file), read as the verifier
+    would read them from a quote over `selection` (every bank of the log, PCRs 0-23,
+    when not given): the same claims bank and the same PCRs, so that golden values
+    learned from a file match what appraisal sees."""
+    wanted = selection if selection is not None else {b: range(24) for b in log.banks}
+    bank = next((b for b in PREFERRED_BANKS if b in log.banks and b in wanted), None)
     extended = {e.pcr for e in log.events if e.extends}
-    return _extract(log, log.events, bank, frozenset(DEFAULT_LOG_PCRS | extended))
+    quoted = frozenset(wanted[bank]) if bank is not None else frozenset()
+    pcrs = frozenset((log_pcrs | extended) & quoted)
+    return _extract(log, [e for e in log.events if e.pcr in pcrs], bank, pcrs)
 
 
 def _extract(
@@ -216,7 +231,7 @@ class _ClaimsBuilder:
         self.log = log
         self.bank = bank  # the bank whose digests name components
         self.pcrs = pcrs
-        self.scrtm_version: str | None = None
+        self.scrtm_versions: list[str] = []
         self.scrtm_contents: list[Component] = []
         self.blobs: list[Component] = []
         self.drivers: list[Component] = []
@@ -235,11 +250,13 @@ class _ClaimsBuilder:
         self.boot_options: list[str] = []
         self.boot_chain: list[Component] = []
         self.commands: list[str] = []
+        self.settings: list[str] = []
         self.labelled_cmdlines: list[str] = []
         self.utf16_cmdline: str | None = None
         self.files: list[Component] = []
         self.separators: list[str] = []
         self.exit_boot_services = False
+        self.ebs_seen: set[str] = set()
         self.other: list[str] = []
         self.findings: list[Finding] = []
 
@@ -263,20 +280,23 @@ class _ClaimsBuilder:
         if candidates is not None:
             measured = self.measured(event, candidates)
             if measured is None:
-                self.other.append(self.describe(event))
+                self.other_event(event)
                 return
-        handler = _HANDLERS.get(event.event_type)
+        handler, pcrs = _HANDLERS.get(event.event_type, (None, frozenset()))
         claimed = False
-        if handler is not None:
+        if handler is not None and event.pcr in pcrs:
             try:
                 claimed = handler(self, event, measured)
             except EventDataMalformed as exc:
                 self.finding("event-data-malformed", event, f"{event.type_name}: {exc.message}")
         if not claimed:
-            self.other.append(self.describe(event))
+            self.other_event(event)
 
     def describe(self, event: Event) -> str:
         return f"PCR{event.pcr} {event.type_name} {self.digest(event)}"
+
+    def other_event(self, event: Event) -> None:
+        self.other.append(self.describe(event))
 
     def measured(
         self, event: Event, candidates: tuple[DigestPreimage, ...]
@@ -309,10 +329,7 @@ class _ClaimsBuilder:
         text = decode_text(data)
         if not text.isprintable() or "\ufffd" in text:
             text = str(uuid.UUID(bytes_le=data)) if len(data) == 16 else data.hex()
-        if self.scrtm_version is not None:
-            self.finding("scrtm-version-repeated", event, f"a second S-CRTM version {text!r}")
-            return False
-        self.scrtm_version = text
+        self.scrtm_versions.append(text)
         return True
 
     def on_scrtm_contents(self, event: Event, measured: DigestPreimage | None) -> bool:
@@ -361,13 +378,15 @@ class _ClaimsBuilder:
             return False
         self.sb_seen.add(key)
         self.sb_variables.append(variable.name)
-        if variable.guid == EFI_GLOBAL_VARIABLE and variable.name == "SecureBoot":
+        if key != _SECURE_BOOT and key not in _SIGNATURE_DATABASES:
+            return False  # AuditMode, DeployedMode, vendor variables: pinned by digest
+        if key == _SECURE_BOOT:
             # UEFI 2.9, 3.3: one byte, 1 when enforcing.  Firmware that measures it with no
             # data is not enforcing (go-attestation agrees); anything else is malformed.
             if variable.data not in (b"", b"\x00", b"\x01"):
                 self.finding("secure-boot-value", event, f"SecureBoot = {variable.data.hex()}")
             self.secure_boot = variable.data == b"\x01"
-        elif (variable.guid, variable.name) in _SIGNATURE_DATABASES:
+        else:
             entries = parse_signature_lists(variable.data)
             self.sb_lists[variable.name] = tuple(SignatureClaim.of(e) for e in entries)
         return True
@@ -413,7 +432,8 @@ class _ClaimsBuilder:
         if measured is None:
             return False
         text = decode_text(measured.preimage)
-        if event.pcr == 5 and text in _EBS_ACTIONS:
+        if event.pcr == 5 and text in _EBS_ACTIONS and text not in self.ebs_seen:
+            self.ebs_seen.add(text)  # a repeat claims nothing: it lands in other-events
             self.exit_boot_services = True
             return True
         if event.pcr == 7:
@@ -448,7 +468,10 @@ class _ClaimsBuilder:
         if event.pcr not in (8, 12) or measured is None:
             return False
         text = decode_text(measured.preimage)
-        self.commands.append(text)
+        if text.split(" ", 1)[0] in _GRUB_SETTINGS:
+            self.settings.append(text)
+        else:
+            self.commands.append(text)
         if measured.label.startswith("grub-string") and event.data.startswith(b"kernel_cmdline"):
             self.labelled_cmdlines.append(text)
         elif _utf16(measured.preimage) and self.utf16_cmdline is None:
@@ -465,7 +488,7 @@ class _ClaimsBuilder:
             log_format=str(self.log.format),
             banks=tuple(b.bank_name for b in self.log.banks),
             firmware=FirmwareClaims(
-                self.scrtm_version,
+                tuple(self.scrtm_versions),
                 tuple(self.scrtm_contents),
                 tuple(self.blobs),
                 tuple(self.drivers),
@@ -495,6 +518,7 @@ class _ClaimsBuilder:
                 _last_argument(self.commands, _INITRD_VERBS),
                 tuple(self.files),
                 tuple(self.commands),
+                tuple(self.settings),
             ),
             separators=tuple(self.separators),
             exit_boot_services=self.exit_boot_services,
@@ -508,6 +532,7 @@ _REPLAYABLE: Final = frozenset(int(b) for b in HashAlg if b is not HashAlg.SM3_2
     {int(HashAlg.SM3_256)} if "sm3" in hashlib.algorithms_available else set()
 )
 
+_SECURE_BOOT: Final = (EFI_GLOBAL_VARIABLE, "SecureBoot")
 _SIGNATURE_DATABASES: Final = {
     (EFI_GLOBAL_VARIABLE, "PK"),
     (EFI_GLOBAL_VARIABLE, "KEK"),
@@ -516,26 +541,43 @@ _SIGNATURE_DATABASES: Final = {
 }
 
 Handler = Callable[[_ClaimsBuilder, Event, DigestPreimage | None], bool]
-_HANDLERS: dict[int, Handler] = {
-    EventType.EV_S_CRTM_VERSION: _ClaimsBuilder.on_scrtm_version,
-    EventType.EV_S_CRTM_CONTENTS: _ClaimsBuilder.on_scrtm_contents,
-    EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB: _ClaimsBuilder.on_firmware_blob,
-    EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB2: _ClaimsBuilder.on_firmware_blob,
-    EventType.EV_POST_CODE: _ClaimsBuilder.on_opaque_blob,
-    EventType.EV_POST_CODE2: _ClaimsBuilder.on_opaque_blob,
-    EventType.EV_CPU_MICROCODE: _ClaimsBuilder.on_opaque_blob,
-    EventType.EV_EFI_BOOT_SERVICES_DRIVER: _ClaimsBuilder.on_driver,
-    EventType.EV_EFI_RUNTIME_SERVICES_DRIVER: _ClaimsBuilder.on_driver,
-    EventType.EV_EFI_HANDOFF_TABLES: _ClaimsBuilder.on_handoff_tables,
-    EventType.EV_EFI_HANDOFF_TABLES2: _ClaimsBuilder.on_handoff_tables,
-    EventType.EV_EFI_VARIABLE_DRIVER_CONFIG: _ClaimsBuilder.on_driver_config,
-    EventType.EV_EFI_VARIABLE_AUTHORITY: _ClaimsBuilder.on_authority,
-    EventType.EV_EFI_VARIABLE_BOOT: _ClaimsBuilder.on_variable_boot,
-    EventType.EV_EFI_VARIABLE_BOOT2: _ClaimsBuilder.on_variable_boot,
-    EventType.EV_EFI_BOOT_SERVICES_APPLICATION: _ClaimsBuilder.on_application,
-    EventType.EV_EFI_ACTION: _ClaimsBuilder.on_action,
-    EventType.EV_SEPARATOR: _ClaimsBuilder.on_separator,
-    EventType.EV_IPL: _ClaimsBuilder.on_ipl,
+_ANY_PCR: Final = frozenset(range(24))
+#: Each family's handler and the PCRs it claims from (PFP 1.05, 3.3.4): an event of
+#: that type anywhere else makes no claim and lands in other-events, so relabelling an
+#: event's type cannot hide it in a family that is not judged for that PCR.
+_HANDLERS: dict[int, tuple[Handler, frozenset[int]]] = {
+    EventType.EV_S_CRTM_VERSION: (_ClaimsBuilder.on_scrtm_version, frozenset({0})),
+    EventType.EV_S_CRTM_CONTENTS: (_ClaimsBuilder.on_scrtm_contents, frozenset({0})),
+    EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB: (_ClaimsBuilder.on_firmware_blob, frozenset({0})),
+    EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB2: (_ClaimsBuilder.on_firmware_blob, frozenset({0})),
+    EventType.EV_POST_CODE: (_ClaimsBuilder.on_opaque_blob, frozenset({0})),
+    EventType.EV_POST_CODE2: (_ClaimsBuilder.on_opaque_blob, frozenset({0})),
+    EventType.EV_EFI_BOOT_SERVICES_DRIVER: (_ClaimsBuilder.on_driver, frozenset({2})),
+    EventType.EV_EFI_RUNTIME_SERVICES_DRIVER: (_ClaimsBuilder.on_driver, frozenset({2})),
+    EventType.EV_EFI_HANDOFF_TABLES: (_ClaimsBuilder.on_handoff_tables, frozenset({1})),
+    EventType.EV_EFI_HANDOFF_TABLES2: (_ClaimsBuilder.on_handoff_tables, frozenset({1})),
+    EventType.EV_EFI_VARIABLE_DRIVER_CONFIG: (_ClaimsBuilder.on_driver_config, frozenset({7})),
+    EventType.EV_EFI_VARIABLE_AUTHORITY: (_ClaimsBuilder.on_authority, frozenset({7})),
+    EventType.EV_EFI_VARIABLE_BOOT: (_ClaimsBuilder.on_variable_boot, frozenset({1})),
+    EventType.EV_EFI_VARIABLE_BOOT2: (_ClaimsBuilder.on_variable_boot, frozenset({1})),
+    EventType.EV_EFI_BOOT_SERVICES_APPLICATION: (_ClaimsBuilder.on_application, frozenset({4})),
+    EventType.EV_EFI_ACTION: (_ClaimsBuilder.on_action, frozenset({5, 7})),
+    EventType.EV_SEPARATOR: (_ClaimsBuilder.on_separator, _ANY_PCR),
+    EventType.EV_IPL: (_ClaimsBuilder.on_ipl, frozenset({8, 9, 12, 14})),
+}
+
+#: The PCRs each named family claims from, for claim_names: a family is named (empty
+#: if need be) whenever one of its PCRs is covered.
+FAMILY_PCRS: Final = {
+    "firmware": frozenset({0}),
+    "drivers": frozenset({2}),
+    "handoff": frozenset({1}),
+    "secure-boot": frozenset({7}),
+    "boot-chain": frozenset({4}),
+    "commands": frozenset({8, 12}),
+    "files": frozenset({9}),
+    "mok": frozenset({14}),
+    "exit-boot-services": frozenset({5}),
 }
 
 

@@ -151,8 +151,12 @@ def verify_event_log(
     if missing or not quoted:
         have = ", ".join(b.bank_name for b in log.banks) or "none"
         want = ", ".join(b.bank_name for b in missing) or "no bank"
+        hint = ""
+        if log.banks == (HashAlg.SHA1,):
+            hint = " (a legacy SHA-1 log: quote the sha1 bank to check it)"
         raise EventLogBankMissing(
-            f"the quote covers {want}; the log has digests for {have} only", node_id=node_id
+            f"the quote covers {want}; the log has digests for {have} only{hint}",
+            node_id=node_id,
         )
     banks = tuple(quoted)
     if plain is None:

@@ -28,7 +28,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Final
 
 import yaml
@@ -66,14 +66,19 @@ class GoldenValues:
             },
         }
 
+    def __post_init__(self) -> None:
+        self.valid_until  # noqa: B018 - a bad date is refused when the values are made
+
     @property
     def valid_until(self) -> datetime | None:
         text = self.provenance.get(VALID_UNTIL)
         return None if text is None else _instant(text)
 
     def expired(self, now: datetime) -> bool:
+        """Past `valid-until` at `now` (a naive `now` is taken as UTC)."""
         until = self.valid_until
-        return until is not None and now >= until
+        moment = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
+        return until is not None and moment >= until
 
     @property
     def digest(self) -> bytes:
@@ -221,8 +226,6 @@ def from_document(document: object) -> GoldenValues:
         {str(claim): _alternatives(str(claim), values) for claim, values in reference.items()},
         {str(k): str(v) for k, v in provenance.items()},
     )
-    if VALID_UNTIL in golden.provenance:
-        golden.valid_until  # noqa: B018 - validates the date now, not at appraisal
     return golden
 
 

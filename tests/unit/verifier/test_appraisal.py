@@ -84,3 +84,31 @@ def test_expired_golden_values_vouch_for_nothing() -> None:
     expired = appraiser.appraise("n", GOOD, _quoted(GOOD), [dated], now=after)
     assert [f.check for f in expired.failures] == ["golden-values-missing"]
     assert "expired" in expired.failures[0].reason
+
+
+def test_values_learned_for_a_narrow_selection_accept_that_quote() -> None:
+    """Learning from a file reads the log as a quote over the fleet's selection would:
+    with sha256 PCRs 0-7 quoted, the kernel's PCRs are not claimed on either side."""
+    from verifier.evidence.claims import extract_claims
+    from verifier.golden.values import learn
+
+    log = parse_event_log(GOOD)
+    golden = learn([extract_claims(log, {HashAlg.SHA256: range(8)})], "narrow")
+    quoted = PcrValues(
+        {HashAlg.SHA256: {p: v for p, v in _quoted(GOOD).banks[HashAlg.SHA256].items() if p < 8}}
+    )
+    assert "kernel.commands" not in golden.reference
+    assert BootAppraiser().appraise("n", GOOD, quoted, [golden]).passed
+
+
+def test_grub_settings_are_their_own_claim() -> None:
+    """grub's tests and assignments follow grubenv across boots: judged apart from the
+    commands, so an operator can drop them without losing the commands."""
+    from verifier.evidence.claim_names import flatten
+    from verifier.evidence.claims import extract_claims
+
+    named = flatten(extract_claims(parse_event_log(GOOD)))
+    commands, settings = named["kernel.commands"], named["kernel.grub-settings"]
+    assert isinstance(commands, tuple) and isinstance(settings, tuple)
+    assert all(c.split(" ")[0] not in ("[", "set") for c in commands)
+    assert any(c.startswith("linux ") for c in commands)

@@ -175,3 +175,48 @@ def test_quoted_bank_missing_from_the_log_is_refused() -> None:
     quoted = _quote_of(raw)
     quoted = PcrValues({**quoted.banks, HashAlg.SHA384: {0: bytes(48)}})
     assert _refused(raw, quoted) == ["event-log-bank"]
+
+
+def _relabel_and_append(bad_name: str, relabel_as: int) -> bytes:
+    """Relabel every event of the PCRs where the tampered boot differs from the golden
+    one as `relabel_as` (digests kept, so replay and quote are the real boot's), then
+    append the golden boot's events for those PCRs (root extends them after boot)."""
+    good, bad = _log("good"), _log(bad_name)
+    good_pcrs = replay(good).pcrs[HashAlg.SHA256]
+    bad_pcrs = replay(bad).pcrs[HashAlg.SHA256]
+    laundered = {p for p in set(good_pcrs) | set(bad_pcrs) if good_pcrs.get(p) != bad_pcrs.get(p)}
+    hidden = [e._replace(event_type=relabel_as) for e in bad.events[1:] if e.pcr in laundered]
+    kept = [e for e in bad.events[1:] if e.pcr not in laundered]
+    golden_tail = [e for e in good.events[1:] if e.pcr in laundered]
+    return _encode(_records([*hidden, *kept, *golden_tail]))
+
+
+def test_events_relabelled_into_another_family_are_not_hidden() -> None:
+    """A type whose family belongs to another PCR (handoff tables: PCR1; S-CRTM: PCR0)
+    claims nothing elsewhere; the relabelled events stay judged in other-events."""
+    for bad in ("tampered-kernel", "secure-boot-off", "cmdline-changed"):
+        for label in (EventType.EV_EFI_HANDOFF_TABLES, EventType.EV_S_CRTM_VERSION):
+            raw = _relabel_and_append(bad, label)
+            checks = _refused(raw, _quote_of(raw))
+            assert checks == ["golden-values"], (bad, label.name)
+
+
+def test_no_event_appended_to_a_judged_pcr_goes_unnoticed() -> None:
+    """Appending any extending event, of any type, to any PCR the claims cover changes
+    the named claims: nothing can be added to a boot without golden values seeing it."""
+    from verifier.evidence.claim_names import flatten
+    from verifier.evidence.claims import extract_claims
+
+    good = _log("good")
+    base = flatten(extract_claims(good))
+    records = _records(good.events)
+    covered = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14}
+    for event_type in EventType:
+        if event_type == EventType.EV_NO_ACTION:
+            continue
+        for pcr in covered:
+            data = b"appended\x00"
+            digests = {b: b.digest(data) for b in (HashAlg.SHA1, HashAlg.SHA256)}
+            raw = _encode([*records, EventRecord(pcr, event_type, digests, data)])
+            after = flatten(extract_claims(parse_event_log(raw)))
+            assert after != base, (event_type.name, pcr)

@@ -85,7 +85,7 @@ def test_digest_mismatch_is_a_finding_and_makes_no_claim() -> None:
     claims = extract_claims(parse_event_log(path.read_bytes()))
     names = [(f.name, f.event) for f in claims.findings]
     assert ("event-data-digest", 3) in names
-    assert claims.firmware.scrtm_version is None
+    assert claims.firmware.scrtm_versions == ()
     assert any(line.startswith("PCR0 EV_S_CRTM_VERSION sha256:") for line in claims.other_events)
 
 

@@ -133,3 +133,12 @@ def test_valid_until_is_read_and_checked() -> None:
         document["provenance"] = {"valid-until": bad}
         with pytest.raises(GoldenValuesInvalid, match="valid-until"):
             from_document(document)
+
+
+def test_naive_now_is_utc_and_bad_dates_refused_on_construction() -> None:
+    dated = GoldenValues(
+        "x", {"kernel.cmdline": ("quiet",)}, {"valid-until": "2027-01-01T00:00:00+00:00"}
+    )
+    assert dated.expired(datetime(2027, 1, 2))  # naive: taken as UTC, never a TypeError
+    with pytest.raises(GoldenValuesInvalid):
+        GoldenValues("x", {"kernel.cmdline": ("quiet",)}, {"valid-until": "soon"})
