@@ -19,7 +19,7 @@ from lightgate.cli_common import ConfigOption, JsonOption, err, fail, open_store
 from lightgate.config import VerifierConfig, load_config
 
 if TYPE_CHECKING:  # the modules load lazily so `attest --help` stays fast
-    from verifier.evidence.claims import BootClaims
+    from verifier.evidence.claim_types import BootClaims
     from verifier.evidence.eventlog import EventLog
     from verifier.golden.values import GoldenValues
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
-from verifier.evidence.claims import BootClaims, claims_of
+from verifier.evidence.claim_types import BootClaims
+from verifier.evidence.claims import claims_of
 from verifier.evidence.errors import (
     EventLogMalformed,
     EventLogMissing,

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Final
 
-from verifier.evidence.claims import FAMILY_PCRS, BootClaims, Component
+from verifier.evidence.claim_types import FAMILY_PCRS, BootClaims, Component
 
 ClaimValue = str | bool | tuple[str, ...]
 

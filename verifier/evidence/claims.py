@@ -1,4 +1,4 @@
-"""Typed boot claims from a measured-boot event log.
+"""Typed boot claims from a measured-boot event log (the types are in `claim_types`).
 
 What the log says the node booted: platform firmware, Secure Boot state and keys, shim's
 MOK state, the boot chain, grub's kernel command line and initrd, separators, whether
@@ -35,9 +35,18 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Final
 
+from verifier.evidence.claim_types import (
+    BootClaims,
+    Component,
+    Finding,
+    FirmwareClaims,
+    KernelClaims,
+    SecureBootClaims,
+    ShimClaims,
+    SignatureClaim,
+)
 from verifier.evidence.errors import EventDataMalformed
 from verifier.evidence.event_data import (
     EFI_GLOBAL_VARIABLE,
@@ -55,11 +64,7 @@ from verifier.evidence.event_types import EventType
 from verifier.evidence.eventlog import Event, EventLog
 from verifier.evidence.measured_boot import DEFAULT_LOG_PCRS, PREFERRED_BANKS, VerifiedEventLog
 from verifier.evidence.tpm_structures import HashAlg
-from verifier.evidence.uefi_signatures import (
-    SignatureEntry,
-    parse_authority,
-    parse_signature_lists,
-)
+from verifier.evidence.uefi_signatures import parse_authority, parse_signature_lists
 
 _EBS_ACTIONS: Final = frozenset(
     {"Exit Boot Services Invocation", "Exit Boot Services Returned with Success"}
@@ -70,122 +75,6 @@ _KERNEL_VERBS: Final = frozenset({"linux", "linuxefi", "linux16"})
 #: claim of their own (`kernel.grub-settings`) that an operator can choose not to judge.
 _GRUB_SETTINGS: Final = frozenset({"[", "test", "set", "unset", "export"})
 _INITRD_VERBS: Final = frozenset({"initrd", "initrdefi", "initrd16"})
-
-
-@dataclass(frozen=True, slots=True)
-class Component:
-    """A measured binary or blob, named by its strongest digest (`sha256:<hex>`)."""
-
-    pcr: int
-    event: int
-    event_type: str
-    digest: str
-    description: str = ""
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "pcr": self.pcr,
-            "event": self.event,
-            "type": self.event_type,
-            "digest": self.digest,
-            "description": self.description,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class SignatureClaim:
-    """One EFI_SIGNATURE_DATA: a certificate (by SHA-256 fingerprint) or a hash."""
-
-    signature_type: str
-    fingerprint: str
-    owner: str
-    subject: str | None = None
-
-    @classmethod
-    def of(cls, entry: SignatureEntry) -> SignatureClaim:
-        names = entry.certificate_names
-        owner = "" if entry.owner is None else str(entry.owner)
-        subject = None if names is None else names.subject
-        return cls(entry.signature_type, entry.fingerprint_sha256, owner, subject)
-
-    def to_json(self) -> dict[str, object]:
-        out: dict[str, object] = {"type": self.signature_type, "fingerprint": self.fingerprint}
-        out["owner"] = self.owner
-        if self.subject is not None:
-            out["subject"] = self.subject
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """Something in the log worth a policy's attention that does not stop replay."""
-
-    name: str  # event-data-digest, event-data-malformed, separator-error, ...
-    event: int
-    pcr: int
-    detail: str
-
-    def describe(self) -> str:
-        return f"{self.name}: event {self.event} (PCR{self.pcr}): {self.detail}"
-
-
-@dataclass(frozen=True, slots=True)
-class FirmwareClaims:
-    scrtm_versions: tuple[str, ...] = ()  # every S-CRTM version PCR0 measured (usually one)
-    scrtm_contents: tuple[Component, ...] = ()
-    blobs: tuple[Component, ...] = ()  # firmware volumes, microcode, POST code
-    drivers: tuple[Component, ...] = ()  # UEFI drivers and option ROMs
-    handoff_tables: tuple[Component, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class SecureBootClaims:
-    enabled: bool | None = None  # the SecureBoot variable; None when not measured
-    variables: tuple[str, ...] = ()  # PCR7 configuration variables measured, in order
-    actions: tuple[
-        str, ...
-    ] = ()  # PCR7 EV_EFI_ACTION: "UEFI Debug Mode", "DMA Protection Disabled"
-    pk: tuple[SignatureClaim, ...] = ()
-    kek: tuple[SignatureClaim, ...] = ()
-    db: tuple[SignatureClaim, ...] = ()
-    dbx: tuple[SignatureClaim, ...] = ()
-    authorities: tuple[SignatureClaim, ...] = ()  # what verified the loaded images
-
-
-@dataclass(frozen=True, slots=True)
-class ShimClaims:
-    vendor_certificates: tuple[SignatureClaim, ...] = ()
-    sbat_levels: tuple[str, ...] = ()  # each SbatLevel shim measured (once per shim run)
-    mok_variables: tuple[Component, ...] = ()  # MokList, MokListX, MokListTrusted (PCR14)
-    mok_authorities: tuple[SignatureClaim, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class KernelClaims:
-    path: str | None = None
-    cmdline: str | None = None
-    initrd: str | None = None
-    files: tuple[Component, ...] = ()  # what the boot loader read (grub's PCR9)
-    commands: tuple[str, ...] = ()  # grub's measured commands (PCR8/PCR12), in order
-    settings: tuple[str, ...] = ()  # grub's tests and assignments: grubenv-dependent
-
-
-@dataclass(frozen=True, slots=True)
-class BootClaims:
-    log_sha256: str
-    log_format: str
-    banks: tuple[str, ...]
-    firmware: FirmwareClaims = field(default_factory=FirmwareClaims)
-    secure_boot: SecureBootClaims = field(default_factory=SecureBootClaims)
-    shim: ShimClaims = field(default_factory=ShimClaims)
-    boot_options: tuple[str, ...] = ()  # "Boot0001: debian (\EFI\debian\shimx64.efi)"
-    boot_chain: tuple[Component, ...] = ()  # EV_EFI_BOOT_SERVICES_APPLICATION, in order
-    kernel: KernelClaims = field(default_factory=KernelClaims)
-    separators: tuple[str, ...] = ()  # "PCR4", "PCR4:error", "PCR12:5742434c", in order
-    exit_boot_services: bool = False
-    other_events: tuple[str, ...] = ()  # "PCR5 EV_EFI_GPT_EVENT sha256:…": no claim of own
-    pcrs: tuple[int, ...] = ()  # the PCRs these claims come from
-    findings: tuple[Finding, ...] = ()
 
 
 def claims_of(verified: VerifiedEventLog) -> BootClaims:
@@ -544,7 +433,8 @@ Handler = Callable[[_ClaimsBuilder, Event, DigestPreimage | None], bool]
 _ANY_PCR: Final = frozenset(range(24))
 #: Each family's handler and the PCRs it claims from (PFP 1.05, 3.3.4): an event of
 #: that type anywhere else makes no claim and lands in other-events, so relabelling an
-#: event's type cannot hide it in a family that is not judged for that PCR.
+#: event's type cannot hide it in a family that is not judged for that PCR.  Separators
+#: aside, every PCR here belongs to a family in `claim_types.FAMILY_PCRS`.
 _HANDLERS: dict[int, tuple[Handler, frozenset[int]]] = {
     EventType.EV_S_CRTM_VERSION: (_ClaimsBuilder.on_scrtm_version, frozenset({0})),
     EventType.EV_S_CRTM_CONTENTS: (_ClaimsBuilder.on_scrtm_contents, frozenset({0})),
@@ -564,20 +454,6 @@ _HANDLERS: dict[int, tuple[Handler, frozenset[int]]] = {
     EventType.EV_EFI_ACTION: (_ClaimsBuilder.on_action, frozenset({5, 7})),
     EventType.EV_SEPARATOR: (_ClaimsBuilder.on_separator, _ANY_PCR),
     EventType.EV_IPL: (_ClaimsBuilder.on_ipl, frozenset({8, 9, 12, 14})),
-}
-
-#: The PCRs each named family claims from, for claim_names: a family is named (empty
-#: if need be) whenever one of its PCRs is covered.
-FAMILY_PCRS: Final = {
-    "firmware": frozenset({0}),
-    "drivers": frozenset({2}),
-    "handoff": frozenset({1}),
-    "secure-boot": frozenset({7}),
-    "boot-chain": frozenset({4}),
-    "commands": frozenset({8, 12}),
-    "files": frozenset({9}),
-    "mok": frozenset({14}),
-    "exit-boot-services": frozenset({5}),
 }
 
 

@@ -35,7 +35,7 @@ import yaml
 
 from lightgate.errors import Refusal
 from verifier.evidence.claim_names import ClaimValue, flatten
-from verifier.evidence.claims import BootClaims
+from verifier.evidence.claim_types import BootClaims
 
 KIND: Final = "lightgate/golden-values"
 VALID_UNTIL: Final = "valid-until"

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 
 from lightgate.sim.boot import fixture_path
+from verifier.evidence import claims
 from verifier.evidence.claim_names import flatten
+from verifier.evidence.claim_types import FAMILY_PCRS
 from verifier.evidence.claims import claims_of, extract_claims
+from verifier.evidence.event_types import EventType
 from verifier.evidence.eventlog import parse_event_log, replay
 from verifier.evidence.measured_boot import verify_event_log
 from verifier.evidence.tpm_structures import HashAlg
@@ -73,6 +76,17 @@ def test_claims_of_a_verified_log_use_only_quoted_pcrs() -> None:
     assert claims.boot_chain == ()  # PCR4 was not quoted
     assert claims.kernel.cmdline is None  # PCR8 neither
     assert claims.secure_boot.enabled is True
+
+
+def test_every_pcr_a_handler_claims_from_names_a_family() -> None:
+    """A handler claims only from PCRs some family in FAMILY_PCRS is named for, so a
+    claim never comes from a PCR that `claim_names` would not cover (separators are
+    recorded from any PCR and judged on their own)."""
+    family = frozenset().union(*FAMILY_PCRS.values())
+    for event_type, (_, pcrs) in claims._HANDLERS.items():
+        if event_type == EventType.EV_SEPARATOR:
+            continue
+        assert pcrs <= family, f"{EventType(event_type).name}: PCRs {sorted(pcrs - family)}"
 
 
 def test_digest_mismatch_is_a_finding_and_makes_no_claim() -> None:
