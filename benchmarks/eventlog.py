@@ -49,13 +49,12 @@ from verifier.evidence.errors import EventLogMalformed
 from verifier.evidence.event_types import EventType
 from verifier.evidence.eventlog import (
     EventLog,
-    EventRecord,
     LogFormat,
     Replay,
-    encode_crypto_agile,
     parse_event_log,
     replay,
 )
+from verifier.evidence.eventlog_encode import EventRecord, encode_crypto_agile
 from verifier.evidence.tpm_structures import HashAlg
 
 NAME = "eventlog"

@@ -58,11 +58,11 @@ STARTUP_LOCALITY_SIGNATURE: Final = b"StartupLocality\x00"
 STARTUP_LOCALITIES: Final = frozenset({0, 3, 4})
 
 _SHA1_SIZE: Final = 20
-_TCG_PCR_EVENT = struct.Struct("<II20sI")  # pcrIndex, eventType, digest, eventSize
-_EVENT2_HEAD = struct.Struct("<III")  # pcrIndex, eventType, TPML_DIGEST_VALUES.count
+TCG_PCR_EVENT = struct.Struct("<II20sI")  # pcrIndex, eventType, digest, eventSize
+TCG_PCR_EVENT2_HEAD = struct.Struct("<III")  # pcrIndex, eventType, TPML_DIGEST_VALUES.count
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
-_SPEC_ID_FIXED = struct.Struct("<16sIBBBBI")
+SPEC_ID_FIXED = struct.Struct("<16sIBBBBI")
 
 _HASH_CONSTRUCTORS: dict[HashAlg, Callable[[bytes], hashlib._Hash]] = {
     HashAlg.SHA1: hashlib.sha1,
@@ -164,7 +164,7 @@ def parse_event_log(raw: bytes, *, max_size: int = MAX_EVENT_LOG_BYTES) -> Event
     """Parse a TCG PC Client event log in either format.  Raises only EventLogMalformed."""
     if len(raw) > max_size:
         raise EventLogMalformed(0, 0, f"log is {len(raw)} bytes; the limit is {max_size}")
-    if len(raw) < _TCG_PCR_EVENT.size:
+    if len(raw) < TCG_PCR_EVENT.size:
         raise EventLogMalformed(0, 0, f"log is {len(raw)} bytes, shorter than one record")
     first = _read_legacy_record(raw, 0, 0)
     if first.event_type == EventType.EV_NO_ACTION and first.data.startswith(SPEC_ID_SIGNATURE):
@@ -190,15 +190,15 @@ def parse_event_log(raw: bytes, *, max_size: int = MAX_EVENT_LOG_BYTES) -> Event
 
 
 def _record_size(event: Event) -> int:
-    return _TCG_PCR_EVENT.size + len(event.data)
+    return TCG_PCR_EVENT.size + len(event.data)
 
 
 def _read_legacy_record(raw: bytes, offset: int, number: int) -> Event:
-    if offset + _TCG_PCR_EVENT.size > len(raw):
+    if offset + TCG_PCR_EVENT.size > len(raw):
         left = len(raw) - offset
         raise EventLogMalformed(offset, number, f"TCG_PCR_EVENT needs 32 bytes, {left} left")
-    pcr, event_type, digest, size = _TCG_PCR_EVENT.unpack_from(raw, offset)
-    start = offset + _TCG_PCR_EVENT.size
+    pcr, event_type, digest, size = TCG_PCR_EVENT.unpack_from(raw, offset)
+    start = offset + TCG_PCR_EVENT.size
     if size > len(raw) - start:
         raise EventLogMalformed(
             offset, number, f"eventSize {size} overruns the log ({len(raw) - start} bytes left)"
@@ -211,8 +211,8 @@ def _read_legacy_record(raw: bytes, offset: int, number: int) -> Event:
 def _read_legacy_records(raw: bytes) -> list[Event]:
     events: list[Event] = []
     append = events.append
-    unpack = _TCG_PCR_EVENT.unpack_from
-    head = _TCG_PCR_EVENT.size
+    unpack = TCG_PCR_EVENT.unpack_from
+    head = TCG_PCR_EVENT.size
     sha1 = int(HashAlg.SHA1)
     end = len(raw)
     offset = 0
@@ -240,16 +240,16 @@ def _parse_spec_id(header: Event) -> SpecIdEvent:
     if header.pcr != 0 or header.digests[0][1] != bytes(_SHA1_SIZE):
         raise EventLogMalformed(*where, "Spec ID event must be in PCR0 with a zero digest")
     data = header.data
-    if len(data) < _SPEC_ID_FIXED.size:
+    if len(data) < SPEC_ID_FIXED.size:
         raise EventLogMalformed(*where, f"Spec ID event data is {len(data)} bytes, too short")
-    _sig, platform_class, minor, major, errata, uintn, count = _SPEC_ID_FIXED.unpack_from(data)
+    _sig, platform_class, minor, major, errata, uintn, count = SPEC_ID_FIXED.unpack_from(data)
     if major != 2:  # PFP 10.4.5.1: "Spec ID Event03" is specVersionMajor 2
         raise EventLogMalformed(*where, f"Spec ID specVersionMajor {major}, not 2")
     if uintn not in (1, 2):
         raise EventLogMalformed(*where, f"Spec ID uintnSize {uintn} is neither 1 nor 2")
     if count == 0 or count > 16:
         raise EventLogMalformed(*where, f"Spec ID numberOfAlgorithms {count} is not 1..16")
-    position = _SPEC_ID_FIXED.size
+    position = SPEC_ID_FIXED.size
     if position + 4 * count + 1 > len(data):
         raise EventLogMalformed(*where, f"Spec ID declares {count} algorithms beyond its data")
     algorithms: list[tuple[int, int]] = []
@@ -376,18 +376,20 @@ def _read_unordered(
     """A TCG_PCR_EVENT2's fixed part, the general way: (pcr, type, digests, eventSize,
     offset of the event data); raises EventLogMalformed where the other path says None."""
     end = len(raw)
-    if offset + _EVENT2_HEAD.size > end:
+    if offset + TCG_PCR_EVENT2_HEAD.size > end:
         raise EventLogMalformed(
             offset, number, f"TCG_PCR_EVENT2 header needs 12 bytes, {end - offset} left"
         )
-    pcr, event_type, count = _EVENT2_HEAD.unpack_from(raw, offset)
+    pcr, event_type, count = TCG_PCR_EVENT2_HEAD.unpack_from(raw, offset)
     if count != declared:
         raise EventLogMalformed(
             offset,
             number,
             f"TPML_DIGEST_VALUES.count {count}; the Spec ID header declares {declared} banks",
         )
-    digests, position = _read_digests(raw, offset + _EVENT2_HEAD.size, count, sizes, offset, number)
+    digests, position = _read_digests(
+        raw, offset + TCG_PCR_EVENT2_HEAD.size, count, sizes, offset, number
+    )
     if position + 4 > end:
         raise EventLogMalformed(offset, number, "eventSize overruns the log")
     (data_size,) = _U32.unpack_from(raw, position)
@@ -485,54 +487,3 @@ def replay(log: EventLog, extra: Iterable[Event] = ()) -> Replay:
             values[pcr] = constructor(current + digest).digest()
     pcrs = {alg: bank[1] for alg, bank in state.items()}
     return Replay({HashAlg(alg): values for alg, values in pcrs.items()})
-
-
-# Encoding: the inverse of parsing, for the fixture builder and round-trip tests.
-
-
-@dataclass(frozen=True, slots=True)
-class EventRecord:
-    """An event to encode: the log's own fields, without number or offset."""
-
-    pcr: int
-    event_type: int
-    digests: Mapping[HashAlg, bytes]
-    data: bytes
-
-
-def encode_crypto_agile(
-    banks: Sequence[HashAlg],
-    records: Iterable[EventRecord],
-    *,
-    uintn_size: int = 8,
-    vendor_info: bytes = b"",
-    spec_version: tuple[int, int, int] = (2, 0, 0),
-) -> bytes:
-    """A crypto-agile log: the Spec ID header, then one TCG_PCR_EVENT2 per record."""
-    major, minor, errata = spec_version
-    header = bytearray(
-        _SPEC_ID_FIXED.pack(
-            SPEC_ID_SIGNATURE, 0, minor, major, errata, 1 if uintn_size == 4 else 2, len(banks)
-        )
-    )
-    for bank in banks:
-        header += struct.pack("<HH", int(bank), bank.digest_size)
-    header += bytes([len(vendor_info)]) + vendor_info
-    out = bytearray(_TCG_PCR_EVENT.pack(0, EventType.EV_NO_ACTION, bytes(_SHA1_SIZE), len(header)))
-    out += header
-    for record in records:
-        out += _EVENT2_HEAD.pack(record.pcr, record.event_type, len(banks))
-        for bank in banks:
-            out += _U16.pack(int(bank)) + record.digests[bank]
-        out += _U32.pack(len(record.data)) + record.data
-    return bytes(out)
-
-
-def encode_legacy(records: Iterable[EventRecord]) -> bytes:
-    """A legacy SHA-1 log: one TCG_PCR_EVENT per record."""
-    out = bytearray()
-    for record in records:
-        digest = record.digests[HashAlg.SHA1]
-        out += _TCG_PCR_EVENT.pack(record.pcr, record.event_type, digest, len(record.data))
-        out += record.data
-    return bytes(out)

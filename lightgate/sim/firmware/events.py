@@ -40,9 +40,8 @@ from lightgate.sim.firmware.description import BootDescription, LoaderImage
 from verifier.evidence.event_types import EventType
 from verifier.evidence.eventlog import (
     STARTUP_LOCALITY_SIGNATURE,
-    EventRecord,
-    encode_crypto_agile,
 )
+from verifier.evidence.eventlog_encode import EventRecord, encode_crypto_agile
 from verifier.evidence.tpm_structures import HashAlg
 
 #: SignatureOwner of every entry Lightgate's fixture firmware enrols in PK, KEK, db, dbx.

@@ -12,11 +12,10 @@ from verifier.evidence.event_types import EventType
 from verifier.evidence.eventlog import (
     Event,
     EventLog,
-    EventRecord,
-    encode_crypto_agile,
     parse_event_log,
     replay,
 )
+from verifier.evidence.eventlog_encode import EventRecord, encode_crypto_agile
 from verifier.evidence.quote import PcrValues
 from verifier.evidence.tpm_structures import HashAlg
 

@@ -27,13 +27,11 @@ from verifier.evidence.eventlog import (
     SPEC_ID_SIGNATURE,
     STARTUP_LOCALITY_SIGNATURE,
     EventLog,
-    EventRecord,
     LogFormat,
-    encode_crypto_agile,
-    encode_legacy,
     parse_event_log,
     replay,
 )
+from verifier.evidence.eventlog_encode import EventRecord, encode_crypto_agile, encode_legacy
 from verifier.evidence.tpm_structures import HashAlg
 
 BANKS = (HashAlg.SHA1, HashAlg.SHA256, HashAlg.SHA384, HashAlg.SHA512)

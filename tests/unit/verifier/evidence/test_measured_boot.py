@@ -18,11 +18,9 @@ from verifier.evidence.event_types import EventType
 from verifier.evidence.eventlog import (
     STARTUP_LOCALITY_SIGNATURE,
     EventLog,
-    EventRecord,
-    encode_crypto_agile,
-    encode_legacy,
     parse_event_log,
 )
+from verifier.evidence.eventlog_encode import EventRecord, encode_crypto_agile, encode_legacy
 from verifier.evidence.measured_boot import (
     DEFAULT_LOG_PCRS,
     WORKAROUNDS,
