@@ -13,7 +13,7 @@ from pathlib import Path
 from attestor.tpm import Tpm
 from lightgate.sim.firmware import FIXTURES_DIR
 from verifier.evidence.claims import extract_claims
-from verifier.evidence.eventlog import parse_event_log
+from verifier.evidence.eventlog import REPLAYABLE_BANKS, parse_event_log
 from verifier.evidence.tpm_structures import HashAlg
 from verifier.golden.values import GoldenValues, learn
 from verifier.store import Store
@@ -37,7 +37,7 @@ def measure_boot(tpm: Tpm, raw_log: bytes) -> int:
     for event in log.events:
         if not event.extends:
             continue
-        digests = {HashAlg(alg): d for alg, d in event.digests if alg in HashAlg._value2member_map_}
+        digests = {HashAlg(alg): d for alg, d in event.digests if alg in REPLAYABLE_BANKS}
         tpm.extend_pcr(event.pcr, digests)
         extended += 1
     return extended

@@ -32,7 +32,6 @@ policy compare.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final
@@ -51,6 +50,7 @@ from verifier.evidence.errors import EventDataMalformed
 from verifier.evidence.event_data import (
     EFI_GLOBAL_VARIABLE,
     EFI_IMAGE_SECURITY_DATABASE,
+    SEPARATOR_NORMAL,
     SHIM_LOCK_GUID,
     DigestPreimage,
     data_digest_candidates,
@@ -61,14 +61,17 @@ from verifier.evidence.event_data import (
     parse_uefi_variable,
 )
 from verifier.evidence.event_types import EventType
-from verifier.evidence.eventlog import Event, EventLog
-from verifier.evidence.measured_boot import DEFAULT_LOG_PCRS, PREFERRED_BANKS, VerifiedEventLog
+from verifier.evidence.eventlog import REPLAYABLE_BANKS, Event, EventLog
+from verifier.evidence.measured_boot import (
+    DEFAULT_LOG_PCRS,
+    EXIT_BOOT_SERVICES_ACTIONS,
+    PREFERRED_BANKS,
+    VerifiedEventLog,
+)
 from verifier.evidence.tpm_structures import HashAlg
 from verifier.evidence.uefi_signatures import parse_authority, parse_signature_lists
 
-_EBS_ACTIONS: Final = frozenset(
-    {"Exit Boot Services Invocation", "Exit Boot Services Returned with Success"}
-)
+_EBS_ACTIONS: Final = frozenset(action.decode() for action in EXIT_BOOT_SERVICES_ACTIONS)
 _KERNEL_VERBS: Final = frozenset({"linux", "linuxefi", "linux16"})
 #: grub's tests and assignments: their measured text follows grubenv (boot_success,
 #: recordfail, initrdfail), which changes between boots of one machine, so they are a
@@ -194,7 +197,7 @@ class _ClaimsBuilder:
         when the data matches the digest in no bank or not in the claims bank."""
         matched: DigestPreimage | None = None
         for alg, logged in event.digests:
-            if alg not in _REPLAYABLE:
+            if alg not in REPLAYABLE_BANKS:
                 continue  # a bank this verifier cannot hash (SM3 without OpenSSL's)
             bank = HashAlg(alg)
             hit = next((c for c in candidates if bank.digest(c.preimage) == logged), None)
@@ -336,7 +339,7 @@ class _ClaimsBuilder:
         if measured is not None and measured.label == "error-separator":
             self.finding("separator-error", event, "firmware recorded an error separator")
             self.separators.append(f"PCR{event.pcr}:error")
-        elif event.data in (bytes(4), b"\xff" * 4):
+        elif event.data in SEPARATOR_NORMAL:
             self.separators.append(f"PCR{event.pcr}")
         else:
             self.separators.append(f"PCR{event.pcr}:{event.data.hex()}")
@@ -416,10 +419,6 @@ class _ClaimsBuilder:
             findings=tuple(self.findings),
         )
 
-
-_REPLAYABLE: Final = frozenset(int(b) for b in HashAlg if b is not HashAlg.SM3_256) | (
-    {int(HashAlg.SM3_256)} if "sm3" in hashlib.algorithms_available else set()
-)
 
 _SECURE_BOOT: Final = (EFI_GLOBAL_VARIABLE, "SecureBoot")
 _SIGNATURE_DATABASES: Final = {

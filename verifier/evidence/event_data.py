@@ -317,8 +317,10 @@ _UEFI_VARIABLE_EVENTS = frozenset({EventType.EV_EFI_VARIABLE_BOOT, EventType.EV_
 _LINUX_STUB_TAG_IDS = frozenset({0x8F3B22EC, 0x8F3B22ED})
 _IPL_DATA_PCRS = frozenset({8, 12})  # grub commands and command lines; systemd command line
 _GRUB_PREFIX = re.compile(rb"\A[A-Za-z_]+:? ")  # "grub_cmd: ", "kernel_cmdline: ", "grub_cmd "
-_SEPARATOR_NORMAL = frozenset({bytes(4), b"\xff" * 4})
-_SEPARATOR_ERROR = (1).to_bytes(4, "little")
+#: PFP 1.05, 10.4.4: UINT32 0 marks a normal transition (0xFFFFFFFF in TPM 1.2-era
+#: firmware); UINT32 1 is what an error separator measures.
+SEPARATOR_NORMAL = frozenset({bytes(4), b"\xff" * 4})
+SEPARATOR_ERROR = (1).to_bytes(4, "little")
 
 
 def data_digest_preimages(
@@ -378,8 +380,8 @@ def _separator(data: bytes) -> tuple[DigestPreimage, ...]:
     # preimage is offered only when the data is not a normal value, so an error separator
     # cannot pass for a normal one; claims read "error" from the matched preimage.
     out = [DigestPreimage("event-data", data)]
-    if data not in _SEPARATOR_NORMAL:
-        out.append(DigestPreimage("error-separator", _SEPARATOR_ERROR))
+    if data not in SEPARATOR_NORMAL:
+        out.append(DigestPreimage("error-separator", SEPARATOR_ERROR))
     return _unique(out)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from verifier.evidence.errors import EventDataMalformed
 from verifier.evidence.event_data import (
+    SEPARATOR_ERROR,
+    SEPARATOR_NORMAL,
     decode_text,
     parse_efi_load_option,
     parse_firmware_blob,
@@ -62,8 +64,9 @@ def _describe(event: Event, uintn_size: int | None) -> str:
             return f"StartupLocality {data[-1]}"
         return decode_text(data.split(b"\x00", 1)[0]) or f"{len(data)} bytes"
     if kind == EventType.EV_SEPARATOR:
-        labels = {bytes(4): "normal", b"\xff" * 4: "normal (TPM 1.2-era value)"}
-        return labels.get(data, "ERROR" if data == (1).to_bytes(4, "little") else data.hex())
+        if data in SEPARATOR_NORMAL:
+            return "normal" if data == bytes(4) else "normal (TPM 1.2-era value)"
+        return "ERROR" if data == SEPARATOR_ERROR else data.hex()
     if kind in _TEXT_EVENTS:
         text = decode_text(data)
         return text if text.isprintable() and "\ufffd" not in text else data.hex()

@@ -73,6 +73,9 @@ _HASH_CONSTRUCTORS: dict[HashAlg, Callable[[bytes], hashlib._Hash]] = {
 if "sm3" in hashlib.algorithms_available:  # OpenSSL builds may leave SM3 out
     _HASH_CONSTRUCTORS[HashAlg.SM3_256] = functools.partial(hashlib.new, "sm3")
 
+#: The banks this verifier can hash, so replay, check and extend.
+REPLAYABLE_BANKS: Final = frozenset(_HASH_CONSTRUCTORS)
+
 
 class LogFormat(StrEnum):
     LEGACY_SHA1 = "legacy-sha1"

@@ -55,13 +55,19 @@ class Workaround:
     events: Callable[[EventLog], Sequence[Event]]
 
 
-_EBS_STRINGS = (b"Exit Boot Services Invocation", b"Exit Boot Services Returned with Success")
+#: PFP 1.05, 10.4.4: what firmware measures into PCR5 around ExitBootServices().
+EXIT_BOOT_SERVICES_ACTIONS = (
+    b"Exit Boot Services Invocation",
+    b"Exit Boot Services Returned with Success",
+)
 
 
 def _exit_boot_services_missing(log: EventLog) -> bool:
     """Neither ExitBootServices event is in PCR5: the quirk, not some other PCR5 trouble."""
     return not any(
-        e.pcr == 5 and e.event_type == EventType.EV_EFI_ACTION and e.data in _EBS_STRINGS
+        e.pcr == 5
+        and e.event_type == EventType.EV_EFI_ACTION
+        and e.data in EXIT_BOOT_SERVICES_ACTIONS
         for e in log.events
     )
 
@@ -70,7 +76,7 @@ def _exit_boot_services_events(log: EventLog) -> Sequence[Event]:
     # PFP 1.05, 10.4.4 (EV_EFI_ACTION): firmware measures these two strings into PCR5 when
     # ExitBootServices() is invoked and returns.  Some firmware never logs them although
     # it extends them (go-attestation's testdata/ebs_event_missing_eventlog).
-    strings = _EBS_STRINGS
+    strings = EXIT_BOOT_SERVICES_ACTIONS
     number = len(log.events)
     return tuple(
         Event(

@@ -42,6 +42,7 @@ from verifier.evidence.eventlog import (
     STARTUP_LOCALITY_SIGNATURE,
 )
 from verifier.evidence.eventlog_encode import EventRecord, encode_crypto_agile
+from verifier.evidence.measured_boot import EXIT_BOOT_SERVICES_ACTIONS
 from verifier.evidence.tpm_structures import HashAlg
 
 #: SignatureOwner of every entry Lightgate's fixture firmware enrols in PK, KEK, db, dbx.
@@ -49,10 +50,6 @@ FIXTURE_OWNER_GUID: Final = uuid.UUID("30c86bfe-10ed-5fce-b768-dc8b705aea2f")
 
 SEPARATOR_DATA: Final = bytes(4)  # PFP 10.4.4: 0x00000000 marks a normal transition
 CALLING_BOOT_OPTION: Final = b"Calling EFI Application from Boot Option"
-EXIT_BOOT_SERVICES: Final = (
-    b"Exit Boot Services Invocation",
-    b"Exit Boot Services Returned with Success",
-)
 GRUB_COMMAND_PREFIX: Final = "grub_cmd: "
 GRUB_CMDLINE_PREFIX: Final = "kernel_cmdline: "
 
@@ -363,5 +360,5 @@ def _grub_string(boot: _Boot, prefix: str, text: str) -> EventRecord:
 def _exit_boot_services(boot: _Boot) -> Iterator[EventRecord]:
     if not boot.description.exit_boot_services:
         return
-    for action in EXIT_BOOT_SERVICES:  # PFP 10.4.4, EV_EFI_ACTION, PCR5
+    for action in EXIT_BOOT_SERVICES_ACTIONS:  # PFP 10.4.4, EV_EFI_ACTION, PCR5
         yield boot.measure.event(5, EventType.EV_EFI_ACTION, action)
