@@ -121,6 +121,77 @@ class MeasuredBootConfig(BaseModel):
         return value
 
 
+#: The PCR the agent extends with its runtime events (asset tag, container images).  PCRs
+#: 0-15 cannot be reset at locality 0; 0-7 are the firmware's, 8-9 grub's, 10 IMA's and
+#: 14 shim's; 11, 12 and 15 hold systemd-stub and systemd measurements on UKI boots.
+#: 13 is used only by systemd-stub for system-extension images of a UKI's initrd.
+DEFAULT_RUNTIME_PCR = 13
+
+
+class SiteRule(BaseModel):
+    """A network the verifier maps to a site: the observed location of a node."""
+
+    cidr: str
+    site: str
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+
+class LocationConfig(BaseModel):
+    """Where nodes are: the asset tag they attest and the network they come from."""
+
+    runtime_pcr: int = Field(default=DEFAULT_RUNTIME_PCR, ge=0, le=15)
+    # Peers whose X-Forwarded-For (gRPC metadata `x-forwarded-for`) is believed.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    sites: list[SiteRule] = Field(default_factory=list)
+    max_runtime_log_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+
+
+class ResultsConfig(BaseModel):
+    """Signed attestation results (EAR) and how long trust lasts."""
+
+    verifier_id: str = "lightgate"
+    # How long an affirming result vouches for a node; None: twice the agents' interval.
+    trust_seconds: float | None = Field(default=None, gt=0)
+    agent_interval_seconds: float = Field(default=30.0, gt=0)
+    # A retired signing key stays in the JWKS this long, so its results still verify.
+    retired_key_grace_seconds: float = Field(default=7 * 86400.0, ge=0)
+    # Where results, JWKS and (later) admission hooks are served over HTTPS; HTTP is
+    # allowed only on a loopback address when no TLS certificate is configured.
+    https_listen: str | None = "127.0.0.1:8443"
+
+    def trust_lifetime(self) -> float:
+        return self.trust_seconds or 2 * self.agent_interval_seconds
+
+
+class PolicyConfig(BaseModel):
+    """The Rego appraisal policy: a bundle directory, or a remote OPA server."""
+
+    engine: Literal["embedded", "remote"] = "embedded"
+    # None: the bundle an operator set with `attest policy apply`, else policies/.
+    bundle: Path | None = None
+    opa_url: str | None = None
+    opa_token: str | None = None
+    opa_timeout_seconds: float = Field(default=2.0, gt=0)
+    decision_cache_entries: int = Field(default=4096, ge=0)
+
+
+class AdminToken(BaseModel):
+    operator: str
+    # SHA-256 (hex) of the bearer token; the token itself is never configured.
+    sha256: str
+
+
+class AdminConfig(BaseModel):
+    """The operator API: its own listener, mTLS or bearer tokens, never open."""
+
+    listen: str | None = "127.0.0.1:50052"
+    auth: Literal["token", "mtls"] = "token"
+    tokens: list[AdminToken] = Field(default_factory=list)
+    # mTLS: the CA that issues operator client certificates; the server's certificate
+    # is tls_cert/tls_key of the verifier.
+    client_ca: Path | None = None
+
+
 class VerifierConfig(_EnvFirst):
     model_config = SettingsConfigDict(
         env_prefix="LIGHTGATE_VERIFIER_", env_nested_delimiter="__", extra="forbid"
@@ -136,6 +207,10 @@ class VerifierConfig(_EnvFirst):
     enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig)
     attestation: AttestationConfig = Field(default_factory=AttestationConfig)
     measured_boot: MeasuredBootConfig = Field(default_factory=MeasuredBootConfig)
+    location: LocationConfig = Field(default_factory=LocationConfig)
+    results: ResultsConfig = Field(default_factory=ResultsConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
 
     def database(self) -> str:
         return self.database_url or f"sqlite:///{self.state_dir / 'verifier.db'}"
@@ -161,6 +236,11 @@ class AgentConfig(_EnvFirst):
     backoff_max_seconds: float = Field(default=60.0, gt=0)
     # The UEFI measured-boot log; None sends none (the verifier may then refuse).
     event_log: Path | None = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
+    # The PCR for runtime events (asset tag, images); see DEFAULT_RUNTIME_PCR.
+    runtime_pcr: int = Field(default=DEFAULT_RUNTIME_PCR, ge=0, le=15)
+    # Connect to the verifier from this local address (multi-homed nodes; the
+    # simulator gives each node its own loopback address).
+    source_address: str | None = None
 
 
 Settings = TypeVar("Settings", VerifierConfig, AgentConfig)

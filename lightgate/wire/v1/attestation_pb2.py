@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elightgate/v1/attestation.proto\x12\x0clightgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x01\n\rEnrollRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x16\n\x0e\x65k_certificate\x18\x02 \x01(\x0c\x12\x18\n\x10\x65k_intermediates\x18\x03 \x03(\x0c\x12\x11\n\tek_public\x18\x04 \x01(\x0c\x12\x11\n\tak_public\x18\x05 \x01(\x0c\x12\x12\n\njoin_token\x18\x06 \x01(\t\"s\n\x0e\x45nrollResponse\x12\x17\n\x0f\x63redential_blob\x18\x01 \x01(\x0c\x12\x18\n\x10\x65ncrypted_secret\x18\x02 \x01(\x0c\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\x19\x41\x63tivateCredentialRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06secret\x18\x02 \x01(\x0c\"^\n\x1a\x41\x63tivateCredentialResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12/\n\x0b\x65nrolled_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x10\x43hallengeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\".\n\x10PcrBankSelection\x12\x0c\n\x04hash\x18\x01 \x01(\t\x12\x0c\n\x04pcrs\x18\x02 \x03(\r\"\x89\x01\n\x11\x43hallengeResponse\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x35\n\rpcr_selection\x18\x02 \x03(\x0b\x32\x1e.lightgate.v1.PcrBankSelection\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x85\x01\n\rPcrBankValues\x12\x0c\n\x04hash\x18\x01 \x01(\t\x12\x37\n\x06values\x18\x02 \x03(\x0b\x32\'.lightgate.v1.PcrBankValues.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\x94\x01\n\rAttestRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rquote_message\x18\x02 \x01(\x0c\x12\x17\n\x0fquote_signature\x18\x03 \x01(\x0c\x12/\n\npcr_values\x18\x04 \x03(\x0b\x32\x1b.lightgate.v1.PcrBankValues\x12\x11\n\tevent_log\x18\x05 \x01(\x0c\"\xdf\x01\n\x0e\x41ttestResponse\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.lightgate.v1.TrustStatus\x12\x15\n\rfailed_checks\x18\x02 \x03(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tresult_id\x18\x04 \x01(\x03\x12\x10\n\x08rebooted\x18\x05 \x01(\x08\x12/\n\x0b\x61ttested_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bworkarounds\x18\x07 \x03(\t\x12\x10\n\x08\x66indings\x18\x08 \x03(\t*\x9a\x01\n\x0bTrustStatus\x12\x1c\n\x18TRUST_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRUST_STATUS_AFFIRMING\x10\x01\x12\x18\n\x14TRUST_STATUS_WARNING\x10\x02\x12 \n\x1cTRUST_STATUS_CONTRAINDICATED\x10\x03\x12\x15\n\x11TRUST_STATUS_NONE\x10\x04\x32\xce\x02\n\x0b\x41ttestation\x12\x43\n\x06\x45nroll\x12\x1b.lightgate.v1.EnrollRequest\x1a\x1c.lightgate.v1.EnrollResponse\x12g\n\x12\x41\x63tivateCredential\x12\'.lightgate.v1.ActivateCredentialRequest\x1a(.lightgate.v1.ActivateCredentialResponse\x12L\n\tChallenge\x12\x1e.lightgate.v1.ChallengeRequest\x1a\x1f.lightgate.v1.ChallengeResponse\x12\x43\n\x06\x41ttest\x12\x1b.lightgate.v1.AttestRequest\x1a\x1c.lightgate.v1.AttestResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elightgate/v1/attestation.proto\x12\x0clightgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x01\n\rEnrollRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x16\n\x0e\x65k_certificate\x18\x02 \x01(\x0c\x12\x18\n\x10\x65k_intermediates\x18\x03 \x03(\x0c\x12\x11\n\tek_public\x18\x04 \x01(\x0c\x12\x11\n\tak_public\x18\x05 \x01(\x0c\x12\x12\n\njoin_token\x18\x06 \x01(\t\"s\n\x0e\x45nrollResponse\x12\x17\n\x0f\x63redential_blob\x18\x01 \x01(\x0c\x12\x18\n\x10\x65ncrypted_secret\x18\x02 \x01(\x0c\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\x19\x41\x63tivateCredentialRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06secret\x18\x02 \x01(\x0c\"^\n\x1a\x41\x63tivateCredentialResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12/\n\x0b\x65nrolled_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x10\x43hallengeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\".\n\x10PcrBankSelection\x12\x0c\n\x04hash\x18\x01 \x01(\t\x12\x0c\n\x04pcrs\x18\x02 \x03(\r\"\x9c\x01\n\x11\x43hallengeResponse\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x35\n\rpcr_selection\x18\x02 \x03(\x0b\x32\x1e.lightgate.v1.PcrBankSelection\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tasset_tag\x18\x04 \x01(\t\"\x85\x01\n\rPcrBankValues\x12\x0c\n\x04hash\x18\x01 \x01(\t\x12\x37\n\x06values\x18\x02 \x03(\x0b\x32\'.lightgate.v1.PcrBankValues.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\xa9\x01\n\rAttestRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rquote_message\x18\x02 \x01(\x0c\x12\x17\n\x0fquote_signature\x18\x03 \x01(\x0c\x12/\n\npcr_values\x18\x04 \x03(\x0b\x32\x1b.lightgate.v1.PcrBankValues\x12\x11\n\tevent_log\x18\x05 \x01(\x0c\x12\x13\n\x0bruntime_log\x18\x06 \x01(\x0c\"\x9f\x02\n\x0e\x41ttestResponse\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.lightgate.v1.TrustStatus\x12\x15\n\rfailed_checks\x18\x02 \x03(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tresult_id\x18\x04 \x01(\x03\x12\x10\n\x08rebooted\x18\x05 \x01(\x08\x12/\n\x0b\x61ttested_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bworkarounds\x18\x07 \x03(\t\x12\x10\n\x08\x66indings\x18\x08 \x03(\t\x12\x0e\n\x06result\x18\t \x01(\t\x12.\n\nexpires_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x9a\x01\n\x0bTrustStatus\x12\x1c\n\x18TRUST_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRUST_STATUS_AFFIRMING\x10\x01\x12\x18\n\x14TRUST_STATUS_WARNING\x10\x02\x12 \n\x1cTRUST_STATUS_CONTRAINDICATED\x10\x03\x12\x15\n\x11TRUST_STATUS_NONE\x10\x04\x32\xce\x02\n\x0b\x41ttestation\x12\x43\n\x06\x45nroll\x12\x1b.lightgate.v1.EnrollRequest\x1a\x1c.lightgate.v1.EnrollResponse\x12g\n\x12\x41\x63tivateCredential\x12\'.lightgate.v1.ActivateCredentialRequest\x1a(.lightgate.v1.ActivateCredentialResponse\x12L\n\tChallenge\x12\x1e.lightgate.v1.ChallengeRequest\x1a\x1f.lightgate.v1.ChallengeResponse\x12\x43\n\x06\x41ttest\x12\x1b.lightgate.v1.AttestRequest\x1a\x1c.lightgate.v1.AttestResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PCRBANKVALUES_VALUESENTRY']._loaded_options = None
   _globals['_PCRBANKVALUES_VALUESENTRY']._serialized_options = b'8\001'
-  _globals['_TRUSTSTATUS']._serialized_start=1238
-  _globals['_TRUSTSTATUS']._serialized_end=1392
+  _globals['_TRUSTSTATUS']._serialized_start=1342
+  _globals['_TRUSTSTATUS']._serialized_end=1496
   _globals['_ENROLLREQUEST']._serialized_start=82
   _globals['_ENROLLREQUEST']._serialized_end=222
   _globals['_ENROLLRESPONSE']._serialized_start=224
@@ -49,15 +49,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PCRBANKSELECTION']._serialized_start=536
   _globals['_PCRBANKSELECTION']._serialized_end=582
   _globals['_CHALLENGERESPONSE']._serialized_start=585
-  _globals['_CHALLENGERESPONSE']._serialized_end=722
-  _globals['_PCRBANKVALUES']._serialized_start=725
-  _globals['_PCRBANKVALUES']._serialized_end=858
-  _globals['_PCRBANKVALUES_VALUESENTRY']._serialized_start=813
-  _globals['_PCRBANKVALUES_VALUESENTRY']._serialized_end=858
-  _globals['_ATTESTREQUEST']._serialized_start=861
-  _globals['_ATTESTREQUEST']._serialized_end=1009
-  _globals['_ATTESTRESPONSE']._serialized_start=1012
-  _globals['_ATTESTRESPONSE']._serialized_end=1235
-  _globals['_ATTESTATION']._serialized_start=1395
-  _globals['_ATTESTATION']._serialized_end=1729
+  _globals['_CHALLENGERESPONSE']._serialized_end=741
+  _globals['_PCRBANKVALUES']._serialized_start=744
+  _globals['_PCRBANKVALUES']._serialized_end=877
+  _globals['_PCRBANKVALUES_VALUESENTRY']._serialized_start=832
+  _globals['_PCRBANKVALUES_VALUESENTRY']._serialized_end=877
+  _globals['_ATTESTREQUEST']._serialized_start=880
+  _globals['_ATTESTREQUEST']._serialized_end=1049
+  _globals['_ATTESTRESPONSE']._serialized_start=1052
+  _globals['_ATTESTRESPONSE']._serialized_end=1339
+  _globals['_ATTESTATION']._serialized_start=1499
+  _globals['_ATTESTATION']._serialized_end=1833
 # @@protoc_insertion_point(module_scope)

@@ -216,7 +216,13 @@ class ChallengeResponse(_message.Message):
     NONCE_FIELD_NUMBER: _builtins.int
     PCR_SELECTION_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    ASSET_TAG_FIELD_NUMBER: _builtins.int
     nonce: _builtins.bytes
+    asset_tag: _builtins.str
+    """The node's current asset tag as the verifier signed it (a compact JWS, see
+    verifier/location.py); empty when the operator has set none.  The agent measures
+    it into its runtime PCR and records it in its runtime event log.
+    """
     @_builtins.property
     def pcr_selection(self) -> _containers.RepeatedCompositeFieldContainer[Global___PcrBankSelection]: ...
     @_builtins.property
@@ -227,10 +233,11 @@ class ChallengeResponse(_message.Message):
         nonce: _builtins.bytes = ...,
         pcr_selection: _abc.Iterable[Global___PcrBankSelection] | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
+        asset_tag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "nonce", b"nonce", "pcr_selection", b"pcr_selection"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_tag", b"asset_tag", "expires_at", b"expires_at", "nonce", b"nonce", "pcr_selection", b"pcr_selection"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -288,6 +295,7 @@ class AttestRequest(_message.Message):
     QUOTE_SIGNATURE_FIELD_NUMBER: _builtins.int
     PCR_VALUES_FIELD_NUMBER: _builtins.int
     EVENT_LOG_FIELD_NUMBER: _builtins.int
+    RUNTIME_LOG_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     quote_message: _builtins.bytes
     """TPMS_ATTEST as signed (a TPM2B_ATTEST is accepted too)."""
@@ -296,6 +304,10 @@ class AttestRequest(_message.Message):
     event_log: _builtins.bytes
     """The UEFI measured-boot event log as the kernel exposes it
     (/sys/kernel/security/tpm0/binary_bios_measurements); empty when the node has none.
+    """
+    runtime_log: _builtins.bytes
+    """Lightgate's runtime event log (TCG crypto-agile format, EV_EVENT_TAG events in the
+    runtime PCR): asset tags, container images.  Empty when the node keeps none.
     """
     @_builtins.property
     def pcr_values(self) -> _containers.RepeatedCompositeFieldContainer[Global___PcrBankValues]: ...
@@ -307,10 +319,11 @@ class AttestRequest(_message.Message):
         quote_signature: _builtins.bytes = ...,
         pcr_values: _abc.Iterable[Global___PcrBankValues] | None = ...,
         event_log: _builtins.bytes = ...,
+        runtime_log: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_log", b"event_log", "node_id", b"node_id", "pcr_values", b"pcr_values", "quote_message", b"quote_message", "quote_signature", b"quote_signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_log", b"event_log", "node_id", b"node_id", "pcr_values", b"pcr_values", "quote_message", b"quote_message", "quote_signature", b"quote_signature", "runtime_log", b"runtime_log"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -328,12 +341,16 @@ class AttestResponse(_message.Message):
     ATTESTED_AT_FIELD_NUMBER: _builtins.int
     WORKAROUNDS_FIELD_NUMBER: _builtins.int
     FINDINGS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
     status: Global___TrustStatus.ValueType
     reason: _builtins.str
     """One line per failed check, naming node, PCR and expected/actual values."""
     result_id: _builtins.int
     rebooted: _builtins.bool
     """The TPM's resetCount rose since the last accepted quote: the node rebooted."""
+    result: _builtins.str
+    """The signed attestation result: an EAR (draft-ietf-rats-ear) as an ES256 JWT."""
     @_builtins.property
     def failed_checks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Names of the checks that refused the evidence (empty when affirming)."""
@@ -348,6 +365,10 @@ class AttestResponse(_message.Message):
     def findings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Golden-value deviations and event-data findings, one line each, by claim name."""
 
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """Until when this result vouches for the node (it must re-attest before then)."""
+
     def __init__(
         self,
         *,
@@ -359,10 +380,12 @@ class AttestResponse(_message.Message):
         attested_at: _timestamp_pb2.Timestamp | None = ...,
         workarounds: _abc.Iterable[_builtins.str] | None = ...,
         findings: _abc.Iterable[_builtins.str] | None = ...,
+        result: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attested_at", b"attested_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attested_at", b"attested_at", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attested_at", b"attested_at", "failed_checks", b"failed_checks", "findings", b"findings", "reason", b"reason", "rebooted", b"rebooted", "result_id", b"result_id", "status", b"status", "workarounds", b"workarounds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attested_at", b"attested_at", "expires_at", b"expires_at", "failed_checks", b"failed_checks", "findings", b"findings", "reason", b"reason", "rebooted", b"rebooted", "result", b"result", "result_id", b"result_id", "status", b"status", "workarounds", b"workarounds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
