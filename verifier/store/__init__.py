@@ -11,17 +11,29 @@ from verifier.store.errors import (
     UnknownNode,
 )
 from verifier.store.records import (
+    AppraisedEvidence,
+    AssetTagRecord,
     AttestationRecord,
+    AuditRecord,
     EvidenceRecord,
     GoldenValuesRecord,
     NodeRecord,
     PendingEnrollment,
+    PolicyBundleRecord,
     ResultRecord,
+    SigningKeyRecord,
+    TransitionRecord,
 )
 from verifier.store.store import AttestationTransaction, Store
 
 __all__ = [
+    "AppraisedEvidence",
+    "AssetTagRecord",
     "AttestationRecord",
+    "AuditRecord",
+    "PolicyBundleRecord",
+    "SigningKeyRecord",
+    "TransitionRecord",
     "AttestationTransaction",
     "ChallengeNotAnswered",
     "EnrollmentNotPending",

@@ -32,7 +32,15 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from verifier.store.records import KEY_ACTIVE, KEY_KINDS, KEY_STATES, NODE_STATES, RESULT_STATUSES
+from verifier.store.records import (
+    KEY_ACTIVE,
+    KEY_KINDS,
+    KEY_STATES,
+    NODE_STATES,
+    RESULT_STATUSES,
+    TRUST_ENROLLED,
+    TRUST_STATES,
+)
 
 # Deterministic constraint names, so that migrations name the same objects on every backend.
 NAMING_CONVENTION = {
@@ -124,6 +132,7 @@ class Node(Base):
     __tablename__ = "nodes"
     __table_args__ = (
         CheckConstraint(_one_of("state", NODE_STATES), name="state"),
+        CheckConstraint(_one_of("trust_state", TRUST_STATES), name="trust_state"),
         # The clock baseline is one TPMS_CLOCK_INFO: all of it or none of it.
         CheckConstraint(
             "(last_clock IS NULL AND last_reset_count IS NULL"
@@ -145,6 +154,13 @@ class Node(Base):
     last_attested_at: Mapped[datetime | None]
     last_status: Mapped[str | None] = mapped_column(String(32))
     reboots: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # Trust now (0004): what the last result, an expiry or an operator made of the node.
+    trust_state: Mapped[str] = mapped_column(String(16), server_default=text(f"'{TRUST_ENROLLED}'"))
+    trust_since: Mapped[datetime | None]
+    trust_expires_at: Mapped[datetime | None]
+    trust_reason: Mapped[str | None] = mapped_column(Text)
+    last_peer: Mapped[str | None] = mapped_column(String(255))
+    last_site: Mapped[str | None] = mapped_column(String(255))
 
 
 class Key(Base):
@@ -264,6 +280,8 @@ class Evidence(Base):
     pcr_values: Mapped[dict[str, dict[str, str]]] = mapped_column(JSON)
     peer: Mapped[str] = mapped_column(String(255))
     event_log_sha256: Mapped[bytes | None] = mapped_column(ForeignKey("event_logs.sha256"))
+    # Lightgate's runtime event log (asset tags, images): small, kept with the quote.
+    runtime_log: Mapped[bytes | None]
 
 
 class Result(Base):
@@ -289,6 +307,15 @@ class Result(Base):
     workarounds: Mapped[list[str]] = mapped_column(JSONWithDefault, server_default="[]")
     # SQL NULL rather than JSON 'null' when the verifier wrote no claims.
     claims: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    # The appraisal (0004): the policy's vector, the policy, the signed EAR, until when
+    # it vouches, the digest of the evidence it judged, and the policy input without
+    # the claims (kept above), so `attest policy whatif` can appraise it again.
+    trust_vector: Mapped[dict[str, int] | None] = mapped_column(JSON(none_as_null=True))
+    policy_id: Mapped[str | None] = mapped_column(Text)
+    ear: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime | None]
+    evidence_digest: Mapped[bytes | None]
+    appraisal_input: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
 
 
 class GoldenValuesRow(Base):
@@ -306,6 +333,74 @@ class GoldenValuesRow(Base):
     digest: Mapped[bytes]
     source: Mapped[str] = mapped_column(Text)
     imported_at: Mapped[datetime]
+
+
+class TrustTransition(Base):
+    """A change of a node's trust: by a result, by expiry, or by an operator."""
+
+    __tablename__ = "trust_transitions"
+    __table_args__ = (Index(None, "node_id", "at"),)
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.node_id"))
+    at: Mapped[datetime]
+    from_state: Mapped[str] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    evidence_digest: Mapped[bytes | None]
+    result_id: Mapped[int | None] = mapped_column(BigInteger)
+    actor: Mapped[str] = mapped_column(String(255))
+
+
+class AssetTag(Base):
+    """The asset tag an operator set for a node, as the verifier signed it."""
+
+    __tablename__ = "asset_tags"
+
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.node_id"), primary_key=True)
+    attributes: Mapped[dict[str, str]] = mapped_column(JSON)
+    token: Mapped[str] = mapped_column(Text)
+    serial: Mapped[int] = mapped_column(Integer)
+    issued_at: Mapped[datetime]
+    issued_by: Mapped[str] = mapped_column(String(255))
+
+
+class AuditEntry(Base):
+    """One operator action: who, when, what, on what."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index(None, "at"),)
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(255))
+    detail: Mapped[str] = mapped_column(Text)
+
+
+class SigningKeyRow(Base):
+    """A result-signing key (P-256, PEM); the newest unretired one signs."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    private_pem: Mapped[bytes]
+    created_at: Mapped[datetime]
+    retired_at: Mapped[datetime | None]
+
+
+class PolicyBundleRow(Base):
+    """An appraisal policy an operator set (Rego modules and data, by relative path);
+    the newest is in force."""
+
+    __tablename__ = "policy_bundles"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    files: Mapped[dict[str, str]] = mapped_column(JSON)
+    set_at: Mapped[datetime]
+    set_by: Mapped[str] = mapped_column(String(255))
 
 
 metadata = Base.metadata
@@ -329,3 +424,8 @@ EVENT_LOGS = _table(EventLog)
 EVIDENCE = _table(Evidence)
 RESULTS = _table(Result)
 GOLDEN_VALUES = _table(GoldenValuesRow)
+TRUST_TRANSITIONS = _table(TrustTransition)
+ASSET_TAGS = _table(AssetTag)
+AUDIT_LOG = _table(AuditEntry)
+SIGNING_KEYS = _table(SigningKeyRow)
+POLICY_BUNDLES = _table(PolicyBundleRow)

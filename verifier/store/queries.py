@@ -10,6 +10,7 @@ parameters in WHERE clauses are prefixed `where_`, as SET/VALUES reserve column 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from functools import cache
 from typing import Any
 
@@ -30,6 +31,7 @@ from sqlalchemy.engine import RowMapping
 from verifier.evidence.tpm_structures import ClockInfo
 from verifier.store.errors import StoreInconsistent
 from verifier.store.models import (
+    ASSET_TAGS,
     EVENT_LOGS,
     EVIDENCE,
     GOLDEN_VALUES,
@@ -37,6 +39,7 @@ from verifier.store.models import (
     NODES,
     PENDING_ENROLLMENTS,
     RESULTS,
+    TRUST_TRANSITIONS,
     VERIFIER_SECRETS,
 )
 from verifier.store.records import (
@@ -47,6 +50,7 @@ from verifier.store.records import (
     GoldenValuesRecord,
     NodeRecord,
     ResultRecord,
+    TransitionRecord,
 )
 
 _active_ek = KEYS.alias("active_ek")
@@ -72,6 +76,12 @@ NODES_SELECT = select(
     NODES.c.last_attested_at,
     NODES.c.last_status,
     NODES.c.reboots,
+    NODES.c.trust_state,
+    NODES.c.trust_since,
+    NODES.c.trust_expires_at,
+    NODES.c.trust_reason,
+    NODES.c.last_peer,
+    NODES.c.last_site,
 ).select_from(
     NODES.outerjoin(
         _active_ek,
@@ -90,6 +100,9 @@ NODES_SELECT = select(
     )
 )
 NODE_BY_ID = NODES_SELECT.where(NODES.c.node_id == bindparam("node_id"))
+TRUST_BY_NODE = select(NODES.c.trust_state, NODES.c.trust_since, NODES.c.trust_reason).where(
+    NODES.c.node_id == bindparam("node_id")
+)
 NODE_EXISTS = select(NODES.c.node_id).where(NODES.c.node_id == bindparam("node_id"))
 # The node row locked for the rest of the transaction (PostgreSQL; SQLite's write
 # transaction already excludes other writers): attestations of one node are serialised,
@@ -125,6 +138,11 @@ RESULTS_FOR_NODE = (
         RESULTS.c.created_at,
         RESULTS.c.findings,
         RESULTS.c.workarounds,
+        RESULTS.c.trust_vector,
+        RESULTS.c.policy_id,
+        RESULTS.c.ear,
+        RESULTS.c.expires_at,
+        RESULTS.c.evidence_digest,
     )
     .where(RESULTS.c.node_id == bindparam("node_id"))
     .order_by(RESULTS.c.created_at.desc(), RESULTS.c.id.desc())
@@ -210,19 +228,30 @@ def put_golden_values(dialect: str) -> Executable:
     return insert_or_replace(dialect, GOLDEN_VALUES)
 
 
+@cache
+def put_asset_tag(dialect: str) -> Executable:
+    """Stores a node's asset tag, replacing the one it had."""
+    return insert_or_replace(dialect, ASSET_TAGS)
+
+
 # The node after an attestation: an affirming one also moves the clock baseline.
 _NODE_WHERE = NODES.c.node_id == bindparam("where_node_id")
-NOTE_ATTESTATION = (
-    update(NODES)
-    .where(_NODE_WHERE)
-    .values(last_attested_at=bindparam("last_attested_at"), last_status=bindparam("last_status"))
-)
+_NOTE_TRUST: dict[str, Any] = {
+    "last_attested_at": bindparam("last_attested_at"),
+    "last_status": bindparam("last_status"),
+    "trust_state": bindparam("trust_state"),
+    "trust_since": bindparam("trust_since"),
+    "trust_expires_at": bindparam("trust_expires_at"),
+    "trust_reason": bindparam("trust_reason"),
+    "last_peer": bindparam("last_peer"),
+    "last_site": bindparam("last_site"),
+}
+NOTE_ATTESTATION = update(NODES).where(_NODE_WHERE).values(**_NOTE_TRUST)
 NOTE_AFFIRMING_ATTESTATION = (
     update(NODES)
     .where(_NODE_WHERE)
     .values(
-        last_attested_at=bindparam("last_attested_at"),
-        last_status=bindparam("last_status"),
+        **_NOTE_TRUST,
         last_clock=bindparam("last_clock"),
         last_reset_count=bindparam("last_reset_count"),
         last_restart_count=bindparam("last_restart_count"),
@@ -231,6 +260,13 @@ NOTE_AFFIRMING_ATTESTATION = (
         reboots=NODES.c.reboots + bindparam("reboots_added", type_=Integer),
     )
 )
+INSERT_TRANSITION = insert(TRUST_TRANSITIONS)
+
+
+def insert_transition(connection: Connection, transition: TransitionRecord) -> None:
+    connection.execute(INSERT_TRANSITION, asdict(transition))
+
+
 INSERT_EVIDENCE = insert(EVIDENCE)
 INSERT_RESULT = insert(RESULTS)
 
@@ -261,6 +297,12 @@ def node_record(row: RowMapping) -> NodeRecord:
         last_attested_at=row["last_attested_at"],
         last_status=row["last_status"],
         reboots=row["reboots"],
+        trust_state=row["trust_state"],
+        trust_since=row["trust_since"],
+        trust_expires_at=row["trust_expires_at"],
+        trust_reason=row["trust_reason"],
+        last_peer=row["last_peer"],
+        last_site=row["last_site"],
     )
 
 
@@ -269,6 +311,8 @@ def result_record(row: RowMapping) -> ResultRecord:
     fields: dict[str, Any] = dict(row)
     for name in ("failed_checks", "findings", "workarounds"):
         fields[name] = tuple(fields[name])
+    if fields["evidence_digest"] is not None:
+        fields["evidence_digest"] = bytes(fields["evidence_digest"])
     return ResultRecord(**fields)
 
 

@@ -33,6 +33,36 @@ KEY_STATES = (KEY_PENDING, KEY_ACTIVE, KEY_RETIRED)
 STATUS_AFFIRMING = "affirming"
 RESULT_STATUSES = ("affirming", "warning", "contraindicated", "none")
 
+# Trust states of an enrolled node: 'enrolled' until its first result, then the status
+# of its newest result while that lasts, 'expired' when it lasted out, and 'revoked'
+# from an operator's revoke until an operator restores the node.
+TRUST_ENROLLED = "enrolled"
+TRUST_AFFIRMING = "affirming"
+TRUST_WARNING = "warning"
+TRUST_CONTRAINDICATED = "contraindicated"
+TRUST_EXPIRED = "expired"
+TRUST_REVOKED = "revoked"
+TRUST_STATES = (
+    TRUST_ENROLLED,
+    TRUST_AFFIRMING,
+    TRUST_WARNING,
+    TRUST_CONTRAINDICATED,
+    TRUST_EXPIRED,
+    TRUST_REVOKED,
+)
+#: States whose trust lasts only until trust_expires_at.
+TRUST_LASTING = (TRUST_AFFIRMING, TRUST_WARNING)
+
+
+def trust_after(previous: str, status: str) -> str:
+    """A node's trust state after a result with `status`: revocation holds until an
+    operator lifts it; a result that makes no claim ('none') trusts nothing."""
+    if previous == TRUST_REVOKED:
+        return TRUST_REVOKED
+    if status in (TRUST_AFFIRMING, TRUST_WARNING):
+        return status
+    return TRUST_CONTRAINDICATED
+
 
 @dataclass(frozen=True)
 class NodeRecord:
@@ -51,6 +81,23 @@ class NodeRecord:
     last_attested_at: datetime | None
     last_status: str | None
     reboots: int
+    trust_state: str = "enrolled"
+    trust_since: datetime | None = None
+    trust_expires_at: datetime | None = None
+    trust_reason: str | None = None
+    last_peer: str | None = None
+    last_site: str | None = None
+
+    def trust_at(self, now: datetime) -> str:
+        """The node's trust state at `now`: a lasting state past its expiry reads as
+        expired even before the verifier's sweep records the transition."""
+        if (
+            self.trust_state in TRUST_LASTING
+            and self.trust_expires_at is not None
+            and now >= self.trust_expires_at
+        ):
+            return TRUST_EXPIRED
+        return self.trust_state
 
 
 @dataclass(frozen=True)
@@ -99,6 +146,16 @@ class AttestationRecord:
     findings: tuple[str, ...] = ()
     workarounds: tuple[str, ...] = ()
     claims: dict[str, Any] | None = None
+    runtime_log: bytes | None = None
+    # The appraisal: vector and policy, the signed EAR, until when it vouches, the
+    # digest of this evidence, the policy input without claims, the observed site.
+    trust_vector: dict[str, int] | None = None
+    policy_id: str | None = None
+    ear: str | None = None
+    expires_at: datetime | None = None
+    evidence_digest: bytes | None = None
+    appraisal_input: dict[str, Any] | None = None
+    site: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +172,11 @@ class ResultRecord:
     created_at: datetime
     findings: tuple[str, ...] = ()
     workarounds: tuple[str, ...] = ()
+    trust_vector: dict[str, int] | None = None
+    policy_id: str | None = None
+    ear: str | None = None
+    expires_at: datetime | None = None
+    evidence_digest: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -144,3 +206,67 @@ class GoldenValuesRecord:
     digest: bytes
     source: str
     imported_at: datetime
+
+
+@dataclass(frozen=True)
+class TransitionRecord:
+    """A change of a node's trust state; `actor` is "verifier" or an operator."""
+
+    node_id: str
+    at: datetime
+    from_state: str
+    to_state: str
+    reason: str
+    actor: str
+    evidence_digest: bytes | None = None
+    result_id: int | None = None
+
+
+@dataclass(frozen=True)
+class AssetTagRecord:
+    node_id: str
+    attributes: dict[str, str]
+    token: str
+    serial: int
+    issued_at: datetime
+    issued_by: str
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class SigningKeyRecord:
+    kid: str
+    private_pem: bytes
+    created_at: datetime
+    retired_at: datetime | None
+
+
+@dataclass(frozen=True)
+class PolicyBundleRecord:
+    id: int
+    digest: str
+    files: dict[str, str]
+    set_at: datetime
+    set_by: str
+
+
+@dataclass(frozen=True)
+class AppraisedEvidence:
+    """Stored evidence with what `attest policy whatif` needs to appraise it again."""
+
+    result_id: int
+    node_id: str
+    created_at: datetime
+    status: str
+    failed_checks: tuple[str, ...]
+    policy_id: str | None
+    claims: dict[str, Any] | None
+    appraisal_input: dict[str, Any] | None

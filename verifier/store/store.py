@@ -20,9 +20,9 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager, nullco
 from dataclasses import asdict
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Executable, Update, delete, func, or_, update
+from sqlalchemy import Connection, Executable, Update, delete, func, insert, or_, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError
 
@@ -32,6 +32,7 @@ from verifier.store.engine import WRITE, create_store_engine, is_sqlite_memory
 from verifier.store.errors import StoreInconsistent, UnknownNode
 from verifier.store.migrate import upgrade
 from verifier.store.models import (
+    AUDIT_LOG,
     GOLDEN_VALUES,
     GOLDEN_VALUES_NAME_LENGTH,
     JOIN_TOKENS,
@@ -42,16 +43,22 @@ from verifier.store.models import (
 from verifier.store.records import (
     RESULT_STATUSES,
     STATUS_AFFIRMING,
+    TRUST_LASTING,
+    TRUST_REVOKED,
     AttestationRecord,
+    AuditRecord,
     EvidenceRecord,
     GoldenValuesRecord,
     NodeRecord,
     PendingEnrollment,
     ResultRecord,
+    TransitionRecord,
+    trust_after,
 )
+from verifier.store.trust import TrustRecords
 
 
-class Store:
+class Store(TrustRecords):
     """Nodes, their keys and enrollments, join tokens, nonces, evidence and results,
     boot event logs, and golden values.
 
@@ -281,7 +288,13 @@ class Store:
     # Golden values
 
     def put_golden_values(
-        self, name: str, document: dict[str, Any], digest: bytes, source: str, now: datetime
+        self,
+        name: str,
+        document: dict[str, Any],
+        digest: bytes,
+        source: str,
+        now: datetime,
+        audit: AuditRecord | None = None,
     ) -> GoldenValuesRecord:
         """Store `document` as the golden values called `name`, replacing any stored under
         that name, in one statement.  `digest` is the caller's SHA-256 of the canonical
@@ -297,6 +310,8 @@ class Store:
         )
         with self._write() as connection:
             connection.execute(queries.put_golden_values(connection.dialect.name), asdict(record))
+            if audit is not None:
+                connection.execute(insert(AUDIT_LOG), asdict(audit))
         return record
 
     def golden_values(self) -> list[GoldenValuesRecord]:
@@ -310,10 +325,12 @@ class Store:
             row = connection.execute(queries.GOLDEN_VALUES_BY_NAME, {"name": name}).first()
         return None if row is None else queries.golden_values_record(row._mapping)
 
-    def drop_golden_values(self, name: str) -> bool:
+    def drop_golden_values(self, name: str, audit: AuditRecord | None = None) -> bool:
         """Forget the golden values called `name`; False when none were stored."""
         with self._write() as connection:
             dropped = connection.execute(delete(GOLDEN_VALUES).where(GOLDEN_VALUES.c.name == name))
+            if dropped.rowcount == 1 and audit is not None:
+                connection.execute(insert(AUDIT_LOG), asdict(audit))
             return dropped.rowcount == 1
 
 
@@ -346,11 +363,23 @@ class AttestationTransaction:
         return spent.first() is not None
 
     def record(self, attestation: AttestationRecord) -> ResultRecord:
-        return _record_attestation(self._connection, attestation)
+        return _record_attestation(self._connection, attestation, self.node)
 
 
-def _record_attestation(connection: Connection, attestation: AttestationRecord) -> ResultRecord:
-    node_update, node_values = _node_update(attestation)
+def _record_attestation(
+    connection: Connection, attestation: AttestationRecord, node: NodeRecord | None = None
+) -> ResultRecord:
+    """Evidence, result, the node's new state and, when its trust changed, the
+    transition, in the caller's transaction.  `node` is the node as read in it."""
+    if node is None:
+        row = connection.execute(queries.TRUST_BY_NODE, {"node_id": attestation.node_id}).first()
+        if row is None:
+            raise UnknownNode(attestation.node_id)
+        before = _Trust(row.trust_state, row.trust_since, row.trust_reason)
+    else:
+        before = _Trust(node.trust_state, node.trust_since, node.trust_reason)
+    trust = trust_after(before.state, attestation.status)
+    node_update, node_values = _node_update(attestation, before, trust)
     if connection.execute(node_update, node_values).rowcount != 1:
         raise UnknownNode(attestation.node_id)
     event_log_sha256 = _store_event_log(connection, attestation)
@@ -366,6 +395,7 @@ def _record_attestation(connection: Connection, attestation: AttestationRecord) 
             "pcr_values": attestation.pcr_values,
             "peer": attestation.peer,
             "event_log_sha256": event_log_sha256,
+            "runtime_log": attestation.runtime_log,
         },
     )
     result_id = queries.insert_id(
@@ -382,8 +412,28 @@ def _record_attestation(connection: Connection, attestation: AttestationRecord) 
             "findings": list(attestation.findings),
             "workarounds": list(attestation.workarounds),
             "claims": attestation.claims,
+            "trust_vector": attestation.trust_vector,
+            "policy_id": attestation.policy_id,
+            "ear": attestation.ear,
+            "expires_at": attestation.expires_at,
+            "evidence_digest": attestation.evidence_digest,
+            "appraisal_input": attestation.appraisal_input,
         },
     )
+    if trust != before.state:
+        queries.insert_transition(
+            connection,
+            TransitionRecord(
+                node_id=attestation.node_id,
+                at=attestation.received_at,
+                from_state=before.state,
+                to_state=trust,
+                reason=attestation.reason or attestation.status,
+                actor="verifier",
+                evidence_digest=attestation.evidence_digest,
+                result_id=result_id,
+            ),
+        )
     return ResultRecord(
         id=result_id,
         node_id=attestation.node_id,
@@ -395,6 +445,11 @@ def _record_attestation(connection: Connection, attestation: AttestationRecord) 
         created_at=attestation.received_at,
         findings=tuple(attestation.findings),
         workarounds=tuple(attestation.workarounds),
+        trust_vector=attestation.trust_vector,
+        policy_id=attestation.policy_id,
+        ear=attestation.ear,
+        expires_at=attestation.expires_at,
+        evidence_digest=attestation.evidence_digest,
     )
 
 
@@ -421,12 +476,28 @@ def _get_node(connection: Connection, node_id: str) -> NodeRecord | None:
     return None if row is None else queries.node_record(row._mapping)
 
 
-def _node_update(attestation: AttestationRecord) -> tuple[Update, dict[str, Any]]:
+class _Trust(NamedTuple):
+    state: str
+    since: datetime | None
+    reason: str | None
+
+
+def _node_update(
+    attestation: AttestationRecord, before: _Trust, trust: str
+) -> tuple[Update, dict[str, Any]]:
     """The UPDATE of the node after `attestation`, and its parameters."""
+    changed = trust != before.state
     values: dict[str, Any] = {
         "where_node_id": attestation.node_id,
         "last_attested_at": attestation.received_at,
         "last_status": attestation.status,
+        "trust_state": trust,
+        "trust_since": attestation.received_at if changed else before.since,
+        # A revoked node keeps the reason it was revoked for.
+        "trust_reason": before.reason if trust == TRUST_REVOKED else attestation.reason,
+        "trust_expires_at": attestation.expires_at if trust in TRUST_LASTING else None,
+        "last_peer": attestation.peer[:255],
+        "last_site": attestation.site,
     }
     if attestation.status != STATUS_AFFIRMING:
         return queries.NOTE_ATTESTATION, values

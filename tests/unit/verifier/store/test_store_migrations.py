@@ -18,11 +18,13 @@ from verifier.store.engine import create_store_engine
 from verifier.store.migrate import alembic_config, upgrade
 from verifier.store.models import metadata
 
-HEAD = "0003"
+HEAD = "0004"
 TABLES = {
     "nodes", "keys", "pending_enrollments", "join_tokens", "nonces", "evidence", "results",
-    "verifier_secrets", "event_logs", "golden_values",
+    "verifier_secrets", "event_logs", "golden_values", "trust_transitions", "asset_tags",
+    "audit_log", "signing_keys", "policy_bundles",
 }  # fmt: skip
+ADDED_BY_0004 = {"trust_transitions", "asset_tags", "audit_log", "signing_keys", "policy_bundles"}
 
 
 def _revision(engine: Engine) -> str | None:
@@ -139,16 +141,17 @@ def _downgrade(engine: Engine, revision: str) -> None:
         connection.commit()
 
 
-def test_0003_keeps_results_written_before_it(database_url: str, db: Engine) -> None:
+def test_0003_and_0004_keep_results_written_before_them(database_url: str, db: Engine) -> None:
     engine = create_store_engine(database_url)
     try:
         upgrade(engine, "0002")
         _write_0002_rows(engine)
 
-        upgrade(engine, "0003")
+        upgrade(engine)
         with Store(database_url) as store:
             (old,) = store.results_for("node-old")
             assert (old.failed_checks, old.findings, old.workarounds) == (("pcr-digest",), (), ())
+            assert (old.trust_vector, old.ear, old.expires_at) == (None, None, None)
             evidence = store.last_evidence("node-old", status=None)
             assert evidence is not None
             assert (evidence.event_log, evidence.claims) == (None, None)
@@ -156,12 +159,12 @@ def test_0003_keeps_results_written_before_it(database_url: str, db: Engine) -> 
         engine.dispose()
 
 
-def test_0003_downgrades_with_logs_stored(database_url: str, db: Engine) -> None:
+def test_0003_and_0004_downgrade_with_logs_stored(database_url: str, db: Engine) -> None:
     engine = create_store_engine(database_url)
     try:
         upgrade(engine, "0002")
         _write_0002_rows(engine)
-        upgrade(engine, "0003")
+        upgrade(engine)
         with Store(database_url) as store:
             store.record_attestation(
                 AttestationRecord(
@@ -188,9 +191,10 @@ def test_0003_downgrades_with_logs_stored(database_url: str, db: Engine) -> None
 
         assert _revision(db) == "0002"
         inspector = inspect(db)
-        assert set(inspector.get_table_names()) == TABLES - {"event_logs", "golden_values"} | {
-            "alembic_version"
-        }
+        assert set(inspector.get_table_names()) == TABLES - {
+            "event_logs",
+            "golden_values",
+        } - ADDED_BY_0004 | {"alembic_version"}
         assert "event_log_sha256" not in {c["name"] for c in inspector.get_columns("evidence")}
         assert {c["name"] for c in inspector.get_columns("results")}.isdisjoint(
             {"findings", "workarounds", "claims"}
