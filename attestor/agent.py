@@ -1,8 +1,16 @@
 """The attestation agent: enroll once, then attest every interval, for as long as it runs.
 
 State (in `state_dir`, mode 0700): `ak.pub` / `ak.priv` (TPM2B_PUBLIC / TPM2B_PRIVATE,
-the private part wrapped by this TPM's EK and useless elsewhere) and `node.json` (node
-id, whether the verifier activated this AK).  Restarts reuse them.
+the private part wrapped by this TPM's EK and useless elsewhere), `node.json` (node
+id, whether the verifier activated this AK), `asset-tag` (the signed asset tag the
+verifier last handed out) and `runtime.log` (what this boot measured into the runtime
+PCR, `attestor.collect.runtime_log`).  Restarts reuse them.
+
+Location (issue 5, item 3): each challenge carries the node's current asset tag.  A new
+one is stored, then measured into the runtime PCR and recorded in the runtime log
+before the quote, so that very quote proves it; every attestation sends the runtime
+log.  At start a stored tag the log lacks (a reboot reset the PCR) is measured again.
+With `source_address` set, the channel leaves through `attestor.source_address`.
 
 Verifier outages are expected: every failure to reach it backs off exponentially with
 jitter and the loop resumes by itself; a verifier that forgot the node (NOT_FOUND,
@@ -11,9 +19,9 @@ FAILED_PRECONDITION) makes the agent enroll again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 import random
 import threading
 from dataclasses import dataclass
@@ -22,6 +30,9 @@ from pathlib import Path
 import grpc
 
 from attestor.collect.boot_log import read_boot_log
+from attestor.collect.runtime_log import AssetTagUnusable, RuntimeLog, asset_tag_bytes
+from attestor.source_address import SourceAddressRelay, split_host_port
+from attestor.state_files import write_atomic
 from attestor.tpm import AkBlobs, Tpm, TpmError
 from lightgate import sdnotify
 from lightgate.config import AgentConfig
@@ -68,8 +79,8 @@ class StateDir:
         return AkBlobs(pub.read_bytes(), priv.read_bytes())
 
     def save_ak(self, ak: AkBlobs) -> None:
-        _write_atomic(self.path / "ak.pub", ak.public)
-        _write_atomic(self.path / "ak.priv", ak.private)
+        write_atomic(self.path / "ak.pub", ak.public)
+        write_atomic(self.path / "ak.priv", ak.private)
 
     def load_state(self, default_node_id: str) -> AgentState:
         path = self.path / "node.json"
@@ -80,27 +91,47 @@ class StateDir:
 
     def save_state(self, state: AgentState) -> None:
         document = {"node_id": state.node_id, "enrolled": state.enrolled}
-        _write_atomic(self.path / "node.json", json.dumps(document, indent=2).encode())
+        write_atomic(self.path / "node.json", json.dumps(document, indent=2).encode())
+
+    def load_asset_tag(self) -> str | None:
+        try:
+            raw = (self.path / "asset-tag").read_bytes()
+        except FileNotFoundError:
+            return None
+        token = raw.decode("ascii", errors="replace")
+        try:
+            asset_tag_bytes(token)
+        except AssetTagUnusable:
+            # Not what save_asset_tag wrote; the verifier hands the tag out again.
+            log.warning("stored asset tag unreadable; ignored", extra={"fields": {}})
+            return None
+        return token
+
+    def save_asset_tag(self, token: str | None) -> None:
+        """Keep the tag (None: the operator removed it, so a reboot measures none)."""
+        if token is None:
+            (self.path / "asset-tag").unlink(missing_ok=True)
+        else:
+            write_atomic(self.path / "asset-tag", asset_tag_bytes(token))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
-
-
-def open_channel(config: AgentConfig) -> grpc.Channel:
+def open_channel(config: AgentConfig, target: str | None = None) -> grpc.Channel:
+    """A channel to the verifier; `target` is where to dial instead (the source-address
+    relay), while TLS still checks the verifier's own name."""
+    options: list[tuple[str, str]] = []
+    if target is not None:
+        # The relay only copies bytes: the :authority and, over TLS, the name checked
+        # against the certificate are the verifier's, not 127.0.0.1's.
+        options.append(("grpc.default_authority", config.verifier))
     if config.tls_ca is None:
-        return grpc.insecure_channel(config.verifier)
+        return grpc.insecure_channel(target or config.verifier, options=options)
     credentials = grpc.ssl_channel_credentials(root_certificates=config.tls_ca.read_bytes())
-    options = []
-    if config.tls_server_name:
-        options.append(("grpc.ssl_target_name_override", config.tls_server_name))
-    return grpc.secure_channel(config.verifier, credentials, options=options)
+    server_name = config.tls_server_name
+    if server_name is None and target is not None:
+        server_name = split_host_port(config.verifier)[0]
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.secure_channel(target or config.verifier, credentials, options=options)
 
 
 class Agent:
@@ -113,6 +144,7 @@ class Agent:
         self.state_dir = StateDir(config.state_dir)
         self.state = self.state_dir.load_state(config.node_id)
         self._ak: AkBlobs | None = None
+        self._runtime_log: RuntimeLog | None = None
 
     @property
     def node_id(self) -> str:
@@ -134,6 +166,53 @@ class Agent:
                 extra={"fields": {"node": self.node_id, "algorithm": self.config.ak_algorithm}},
             )
         return self._ak
+
+    @property
+    def runtime_log(self) -> RuntimeLog:
+        """This boot's runtime log, resumed on first use (and after a TPM error): the
+        stored log reconciled with the runtime PCR, then the stored asset tag measured
+        again if the log lacks it (after a reboot, the PCR and the log start empty)."""
+        if self._runtime_log is None:
+            runtime = RuntimeLog.resume(self.tpm, self.config.state_dir, self.config.runtime_pcr)
+            stored = self.state_dir.load_asset_tag()
+            if stored is not None and runtime.last_asset_tag() != stored:
+                runtime.append_asset_tag(self.tpm, stored)
+                self._log_tag_measured(runtime, "stored")
+            self._runtime_log = runtime
+        return self._runtime_log
+
+    def measure_asset_tag(self, token: str) -> None:
+        """Make `token` (the verifier's current tag for this node; empty: none) the stored
+        tag and the last one in the runtime log, extending it if it is new."""
+        if not token:
+            if self.state_dir.load_asset_tag() is not None:
+                self.state_dir.save_asset_tag(None)
+                log.info("asset tag removed", extra={"fields": {"node": self.node_id}})
+            return
+        try:
+            asset_tag_bytes(token)
+        except AssetTagUnusable as exc:
+            # Measure nothing rather than something unreadable: the verifier then sees
+            # the tag it issued missing, which its policy reports.
+            log.error(
+                "verifier sent an unusable asset tag",
+                extra={"fields": {"node": self.node_id, "detail": str(exc)}},
+            )
+            return
+        if self.state_dir.load_asset_tag() != token:
+            self.state_dir.save_asset_tag(token)
+        if self.runtime_log.last_asset_tag() != token:
+            self.runtime_log.append_asset_tag(self.tpm, token)
+            self._log_tag_measured(self.runtime_log, "verifier")
+
+    def _log_tag_measured(self, runtime: RuntimeLog, source: str) -> None:
+        fields = {
+            "node": self.node_id,
+            "runtime_pcr": runtime.pcr,
+            "from": source,
+            "records": len(runtime.events),
+        }
+        log.info("asset tag measured", extra={"fields": fields})
 
     def enroll_request(self) -> pb.EnrollRequest:
         endorsement = self.tpm.endorsement()
@@ -166,10 +245,14 @@ class Agent:
         return response
 
     def collect(self, challenge: pb.ChallengeResponse) -> pb.AttestRequest:
-        """Evidence for one challenge: a quote over its nonce and the PCRs it covers."""
+        """Evidence for one challenge: a quote over its nonce and the PCRs it covers,
+        the boot log and the runtime log."""
         selection = convert.selection_from_wire(list(challenge.pcr_selection))
-        # Read the log before quoting: the quote must cover at least what the log says.
+        # Measure a new tag before quoting, so this quote already proves it.
+        self.measure_asset_tag(challenge.asset_tag)
+        # Read the logs before quoting: the quote must cover at least what they say.
         event_log = b"" if self.config.event_log is None else read_boot_log(self.config.event_log)
+        runtime_log = self.runtime_log.encoded()
         message, signature, pcrs = self.tpm.quote_with_pcrs(self.ak, selection, challenge.nonce)
         return pb.AttestRequest(
             node_id=self.node_id,
@@ -177,6 +260,7 @@ class Agent:
             quote_signature=signature,
             pcr_values=convert.pcr_values_to_wire(PcrValues(pcrs)),
             event_log=event_log,
+            runtime_log=runtime_log,
         )
 
     def submit(self, request: pb.AttestRequest) -> pb.AttestResponse:
@@ -233,6 +317,9 @@ class Agent:
                     extra={"fields": {"node": self.node_id, "detail": str(exc)}},
                 )
                 self.tpm.forget_handles()
+                # The TPM may have been reset or may not have finished an extend: the
+                # runtime log is reconciled with the PCR again next round.
+                self._runtime_log = None
             except TpmStructureMalformed as exc:  # a challenge this agent cannot answer
                 log.error(
                     "verifier's challenge is malformed",
@@ -249,8 +336,15 @@ class Agent:
 
 
 def run_agent(config: AgentConfig, stop: threading.Event) -> None:
-    """The `attest agent run` process: open the TPM and the channel, then loop."""
-    with Tpm(config.tcti, config.ek_kind) as tpm, open_channel(config) as channel:
+    """The `attest agent run` process: open the TPM, the relay (when a source address is
+    set) and the channel, then loop.  They close in reverse order."""
+    with contextlib.ExitStack() as stack:
+        tpm = stack.enter_context(Tpm(config.tcti, config.ek_kind))
+        target = None
+        if config.source_address is not None:
+            relay = SourceAddressRelay(config.verifier, config.source_address)
+            target = stack.enter_context(relay).address
+        channel = stack.enter_context(open_channel(config, target))
         agent = Agent(config, tpm, pb_grpc.AttestationStub(channel))
         sdnotify.notify("READY=1")
         agent.run(stop)

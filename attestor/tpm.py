@@ -26,7 +26,7 @@ from typing import Any, Literal
 os.environ.setdefault("TSS2_LOG", "all+NONE")
 
 from tpm2_pytss import ESAPI
-from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPMA_OBJECT
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_SE, TPMA_OBJECT
 from tpm2_pytss.TSS2_Exception import TSS2_Exception
 from tpm2_pytss.types import (
     TPM2B_DATA,
@@ -273,8 +273,31 @@ class Tpm:
                 return message, signature, before
         raise TpmError(f"PCRs kept changing during {attempts} quote attempts")
 
+    def allocated_banks(self) -> dict[HashAlg, frozenset[int]]:
+        """The PCR banks this TPM has allocated and the PCRs in each (TPM2_GetCapability
+        TPM_CAP_PCRS, Part 3, 30.2), for the hash algorithms Lightgate knows.  A bank a
+        PCR is extended in must be allocated; one left out of an extend keeps its value."""
+        try:
+            _, capability = self._ectx.get_capability(TPM2_CAP.PCRS, 0, 1)
+        except TSS2_Exception as exc:
+            raise TpmError(f"TPM2_GetCapability(PCRS) failed: {exc}") from None
+        assigned = capability.data.assignedPCR
+        banks: dict[HashAlg, frozenset[int]] = {}
+        for index in range(assigned.count):
+            selection = assigned.pcrSelections[index]
+            try:
+                bank = HashAlg(int(selection.hash))
+            except ValueError:
+                continue  # an algorithm Lightgate cannot name is never extended by it
+            bitmap = bytes(selection.pcrSelect)[: selection.sizeofSelect]
+            pcrs = frozenset(i for i in range(8 * len(bitmap)) if bitmap[i // 8] >> (i % 8) & 1)
+            if pcrs:
+                banks[bank] = pcrs
+        return banks
+
     def extend_pcr(self, pcr: int, digests: dict[HashAlg, bytes]) -> None:
-        """TPM2_PCR_Extend (used by the simulator to replay measurements)."""
+        """TPM2_PCR_Extend: the simulator replaying measurements, the runtime log
+        measuring an asset tag."""
         from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA, TPMU_HA
 
         values = TPML_DIGEST_VALUES(

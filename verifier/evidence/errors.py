@@ -167,3 +167,60 @@ class GoldenValuesDeviation(EvidenceError):
     """The boot's claims differ from every active golden-values document."""
 
     check = "golden-values"
+
+
+class RuntimeLogMalformed(EvidenceError):
+    """Lightgate's runtime event log could not be parsed, or holds something it may not:
+    a record other than an EV_EVENT_TAG in the runtime PCR, a TCG_PCClientTaggedEvent
+    that does not hold together, a tagged-event ID Lightgate does not define.
+
+    `event` is the record's number (the Spec ID header is 0) and `offset` its byte
+    offset, as for the boot log."""
+
+    check = "runtime-log"
+
+    def __init__(self, offset: int, event: int, detail: str, *, node_id: str | None = None) -> None:
+        self.offset = offset
+        self.event = event
+        self.detail = detail
+        super().__init__(f"runtime log event {event} at byte {offset}: {detail}", node_id=node_id)
+
+
+class RuntimeLogDigestMismatch(EvidenceError):
+    """A runtime-log event's digest is not the hash of its event data.  Replay extends
+    the digests, so without this check a log could pair the digests the TPM saw with
+    event data it never measured (another asset tag, another image)."""
+
+    check = "runtime-log-digest"
+
+
+class RuntimeLogReplayMismatch(EvidenceError):
+    """Replaying the runtime log does not give the quoted runtime PCR: an event is missing
+    (something extended the PCR without a record), added or from another boot.
+    `mismatches` maps each bank that differs to (replayed, quoted)."""
+
+    check = "runtime-log-replay"
+
+    def __init__(
+        self, pcr: int, mismatches: dict[str, tuple[bytes, bytes]], *, node_id: str | None = None
+    ) -> None:
+        self.pcr = pcr
+        self.mismatches = mismatches
+        detail = "; ".join(
+            f"{bank} PCR{pcr}: runtime log replays to {replayed.hex()}, quoted {quoted.hex()}"
+            for bank, (replayed, quoted) in mismatches.items()
+        )
+        super().__init__(detail, node_id=node_id)
+
+
+class RuntimeLogBankMissing(EvidenceError):
+    """The quote covers the runtime PCR in a bank the runtime log has no digests for."""
+
+    check = "runtime-log-bank"
+
+
+class RuntimePcrNotQuoted(EvidenceError):
+    """The quote does not cover the runtime PCR in any bank, so nothing vouches for the
+    runtime log (an asset tag or image list the TPM did not attest is only a claim)."""
+
+    check = "runtime-log-pcr"
