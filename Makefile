@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ATTEST := $(VENV)/bin/attest
 
-.PHONY: setup demo test lint typecheck pytest proto fixtures bench fuzz clean
+.PHONY: setup demo test lint typecheck policy-test pytest proto fixtures bench fuzz clean
 
 setup:
 	@bash scripts/setup.sh
@@ -11,7 +11,7 @@ setup:
 demo: setup
 	$(ATTEST) sim demo
 
-test: setup lint typecheck pytest
+test: setup lint typecheck policy-test pytest
 
 lint:
 	$(VENV)/bin/ruff check .
@@ -19,6 +19,10 @@ lint:
 
 typecheck:
 	$(VENV)/bin/mypy
+
+# The Rego unit tests of the appraisal policy (policies/**/*_test.rego).
+policy-test:
+	$(ATTEST) policy test policies
 
 pytest:
 	$(VENV)/bin/pytest -q -p no:cacheprovider
@@ -35,6 +39,7 @@ bench: setup
 	$(PY) benchmarks/quote_verify.py
 	$(PY) benchmarks/attest_rpc.py
 	$(PY) benchmarks/eventlog.py
+	$(PY) benchmarks/appraisal.py
 
 # Fuzz the event-log parser and replay (fuzz/README.md) for FUZZ_SECONDS, seeded with
 # the shared firmware logs when they are there.  New inputs and any crash-* file go to

@@ -12,7 +12,6 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -23,7 +22,10 @@ from rich.table import Table
 
 from lightgate import logs
 from lightgate.cli_boot import eventlog_app, golden_app
-from lightgate.cli_common import CliError, ConfigOption, JsonOption, err, fail, open_store, out
+from lightgate.cli_common import CliError, ConfigOption, JsonOption, err, fail, out
+from lightgate.cli_node import admin_app, node_app
+from lightgate.cli_policy import policy_app
+from lightgate.cli_result import result_app
 from lightgate.config import AgentConfig, ConfigError, VerifierConfig, load_config
 from lightgate.errors import Refusal
 
@@ -34,13 +36,15 @@ verifier_app = typer.Typer(no_args_is_help=True, help="The central verifier serv
 agent_app = typer.Typer(no_args_is_help=True, help="The node agent.")
 sim_app = typer.Typer(no_args_is_help=True, help="A fleet of software-TPM nodes on this machine.")
 quote_app = typer.Typer(no_args_is_help=True, help="TPM quotes, offline.")
-node_app = typer.Typer(no_args_is_help=True, help="Enrolled nodes.")
 for sub, name in (
     (verifier_app, "verifier"),
     (agent_app, "agent"),
     (sim_app, "sim"),
     (quote_app, "quote"),
     (node_app, "node"),
+    (admin_app, "admin"),
+    (policy_app, "policy"),
+    (result_app, "result"),
 ):
     app.add_typer(sub, name=name)
 app.add_typer(eventlog_app, name="eventlog")
@@ -87,67 +91,6 @@ def agent_run(config: ConfigOption = None, log_level: str = "INFO") -> None:
     logs.configure(log_level)
     settings = load_config(AgentConfig, config)
     run_agent(settings, _stop_on_signals())
-
-
-# --- nodes ----------------------------------------------------------------------------
-
-
-@node_app.command("join-token")
-def node_join_token(
-    config: ConfigOption = None,
-    ttl_hours: Annotated[float, typer.Option(help="Hours the token stays valid.")] = 24.0,
-    note: Annotated[str, typer.Option(help="Who or what the token is for.")] = "",
-) -> None:
-    """Create a one-time join token (enrollment mode `join-token`)."""
-    from verifier.server import load_trust_store
-    from verifier.service import Verifier
-
-    settings = load_config(VerifierConfig, config)
-    store = open_store(settings, create=True)
-    try:
-        token = Verifier(store, settings, load_trust_store(settings)).create_join_token(
-            timedelta(hours=ttl_hours), note
-        )
-    finally:
-        store.close()
-    out.print(token, highlight=False)
-
-
-@node_app.command("list")
-def node_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Nodes the verifier knows, with their last attestation."""
-
-    settings = load_config(VerifierConfig, config)
-    store = open_store(settings)
-    try:
-        nodes = store.list_nodes()
-    finally:
-        store.close()
-    rows = [
-        {
-            "node": n.node_id,
-            "state": n.state,
-            "ek": n.ek_fingerprint,
-            "last_status": n.last_status,
-            "last_attested_at": n.last_attested_at.isoformat() if n.last_attested_at else None,
-            "reboots": n.reboots,
-        }
-        for n in nodes
-    ]
-    if as_json:
-        out.print_json(json.dumps({"nodes": rows}))
-        return
-    table = Table("node", "state", "EK (sha256)", "last status", "last attested", "reboots")
-    for row in rows:
-        table.add_row(
-            str(row["node"]),
-            str(row["state"]),
-            str(row["ek"])[:16] + "…",
-            str(row["last_status"] or "-"),
-            str(row["last_attested_at"] or "-"),
-            str(row["reboots"]),
-        )
-    out.print(table)
 
 
 # --- quotes ---------------------------------------------------------------------------
@@ -225,7 +168,13 @@ def _run_sim(plan: list[str], as_json: bool, workdir: Path | None) -> None:
         results = run_fleet(plan, workdir=workdir)
         document = {
             "nodes": [
-                {"node": r.node, "scenario": r.scenario, "status": r.status, "reason": r.reason}
+                {
+                    "node": r.node,
+                    "scenario": r.scenario,
+                    "status": r.status,
+                    "failed_checks": list(r.failed_checks),
+                    "reason": r.reason,
+                }
                 for r in results
             ]
         }
@@ -256,35 +205,41 @@ _LONG_HEX = re.compile(r"\b([0-9a-f]{12})[0-9a-f]{8,}\b")
 _TIMESTAMP = re.compile(r"(\d{4}-\d\d-\d\dT)?(\d\d:\d\d:\d\d)(\.\d+)?\+00:00")
 
 
-_CLAIM_NAME = re.compile(r"^[a-z][a-z0-9.-]*$")
+_CLAIM_NAME = re.compile(r"^[a-z][a-z0-9-]*(\.[a-z0-9-]+)+$|^(boot-chain|separators)$")
 
 
-def _brief(check: str, detail: str) -> str:
-    """The table's short form of a reason: long hex and timestamps abbreviated, golden
-    deviations by claim name only (the JSON output and the logs keep them whole)."""
-    if check == "golden-values":
-        parts = (part.partition(": ")[0] for part in detail.split("; ")[1:])
-        named = [part for part in parts if _CLAIM_NAME.match(part)]
-        first = detail.split("; ", maxsplit=1)[0].partition(": ")
-        named = [first[2].partition(": ")[0], *named] if first[2] else named
-        if named:
-            return "deviates in " + ", ".join(dict.fromkeys(named))
-    return _TIMESTAMP.sub(r"\2Z", _LONG_HEX.sub(r"\1…", detail))
+def _brief(reason: str, node: str) -> str:
+    """The table's short form of a reason: golden deviations by claim name only, other
+    lines without their check's name, long hex and timestamps abbreviated (the JSON
+    output and the logs keep reasons whole)."""
+    claims: list[str] = []
+    lines: list[str] = []
+    for line in reason.removesuffix(f" (node {node})").split("; "):
+        prefix, _, text = line.partition(": ")
+        if _CLAIM_NAME.match(prefix):
+            claims.append(prefix)
+        elif text:
+            lines.append(_TIMESTAMP.sub(r"\2Z", _LONG_HEX.sub(r"\1…", text)))
+        # else: the rest of a deviation's description (missing ...; unexpected ...)
+    parts = ["deviates in " + ", ".join(dict.fromkeys(claims))] if claims else []
+    return "; ".join([*parts, *dict.fromkeys(lines)][:3])
 
 
 def _print_results(results: list[Any]) -> None:
     table = Table(title="Lightgate simulation", expand=True)
     table.add_column("node", no_wrap=True)
     table.add_column("scenario")
-    table.add_column("verdict (check)", overflow="fold")
+    table.add_column("verdict (checks)", overflow="fold")
     table.add_column("detail", ratio=1, min_width=20, overflow="fold")
     table.add_column("", no_wrap=True)
-    style = {"affirming": "green", "contraindicated": "red", "none": "yellow"}
+    style = {"affirming": "green", "contraindicated": "red", "expired": "magenta"}
     for r in results:
-        check, _, detail = (r.reason or "").partition(": ")
-        detail = _brief(check, detail.removesuffix(f" (node {r.node})")) or f"trusted; {r.ak}"
+        checks = list(r.failed_checks) or ([r.reason.partition(": ")[0]] if r.reason else [])
+        detail = _brief(r.reason, r.node) if r.reason else f"trusted; {r.ak}"
         mark = "[green]✓[/]" if r.as_expected else f"[red]✗ expected {r.expected}[/]"
-        verdict = f"[{style.get(r.status, 'white')}]{r.status}[/]" + (f"\n{check}" if check else "")
+        verdict = f"[{style.get(r.status, 'yellow')}]{r.status}[/]"
+        if checks:
+            verdict += "\n" + ", ".join(checks)
         table.add_row(r.node, r.scenario, verdict, detail, mark)
     out.print(table)
     trusted = sum(r.status == "affirming" for r in results)

@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from lightgate.cli_common import JsonOption, fail, out, read_file
+from lightgate.cli_common import ConfigOption, JsonOption, fail, open_store, out, read_file
+from lightgate.cli_node import AdminOption, CaOption, CertOption, KeyOption, TokenFileOption
 
 if TYPE_CHECKING:  # verifier.policy loads regorus; only the commands that run need it
     from verifier.policy.bundle import PolicyBundle
+    from verifier.policy.engine import PolicyEngine
+    from verifier.policy.whatif import Reappraisal
 
 policy_app = typer.Typer(no_args_is_help=True, help="Rego appraisal policies.")
 
@@ -87,3 +90,98 @@ def policy_eval(
         fail(f"{input_file}: the policy input must be a JSON object")
     decision = EmbeddedEngine(_bundle(policy)).evaluate(document)
     out.print_json(json.dumps(decision.to_json()))
+
+
+@policy_app.command("whatif")
+def policy_whatif(
+    policy: Annotated[Path, typer.Option("--policy", help="The candidate policy folder.")],
+    since: Annotated[str, typer.Option(help="Evidence since then: 24h, 7d or a time.")] = "24h",
+    config: ConfigOption = None,
+    all_nodes: Annotated[bool, typer.Option("--all", help="List unchanged nodes too.")] = False,
+    fail_on_change: Annotated[
+        bool, typer.Option(help="Exit 3 when any node would change (for pipelines).")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Appraise stored evidence again under a candidate policy: which nodes would
+    change status, and why, before the policy is rolled out."""
+    from lightgate.cli_node import parse_since
+    from lightgate.config import VerifierConfig, load_config
+    from verifier.policy import EmbeddedEngine, PolicyError
+    from verifier.policy.whatif import reappraise
+    from verifier.references import policy_in_force
+
+    settings = load_config(VerifierConfig, config)
+    moment = parse_since(since)
+    assert moment is not None
+    store = open_store(settings)
+    try:
+        try:
+            current, source = policy_in_force(settings.policy, store)
+            candidate = EmbeddedEngine(_bundle(policy))
+        except PolicyError as exc:
+            fail(exc.reason)
+        outcomes = reappraise(store.appraised_evidence(moment), current, candidate)
+    finally:
+        store.close()
+    changed = [o for o in outcomes if o.changed]
+    if as_json:
+        document = {
+            "since": moment.isoformat(),
+            "current_policy": {"id": current.policy_id, "source": source},
+            "candidate_policy": {"id": candidate.policy_id, "source": str(policy)},
+            "nodes": len(outcomes),
+            "changed": len(changed),
+            "outcomes": [o.to_json() for o in (outcomes if all_nodes else changed)],
+        }
+        out.print_json(json.dumps(document))
+    else:
+        _print_whatif(outcomes if all_nodes else changed, len(outcomes), current, candidate)
+    if changed and fail_on_change:
+        raise typer.Exit(3)
+
+
+def _print_whatif(
+    shown: list[Reappraisal], total: int, current: PolicyEngine, candidate: PolicyEngine
+) -> None:
+    from rich.table import Table
+
+    table = Table(
+        "node",
+        "now",
+        "candidate",
+        "why",
+        title=f"{current.policy_id} → {candidate.policy_id}",
+    )
+    for outcome in shown:
+        was, will = outcome.current, outcome.candidate
+        why = "; ".join(will.reasons if will.reasons else was.reasons) or "-"
+        table.add_row(outcome.node_id, was.status, will.status, why)
+    out.print(table)
+    changed = sum(1 for o in shown if o.changed)
+    out.print(f"{changed} of {total} nodes would change status under the candidate policy")
+
+
+@policy_app.command("apply")
+def policy_apply(
+    directory: Annotated[Path, typer.Argument(help="The policy folder to put in force.")],
+    admin: AdminOption = None,
+    token_file: TokenFileOption = None,
+    ca: CaOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
+) -> None:
+    """Put a policy folder in force on every verifier replica (through the Admin API;
+    refused unless it compiles and its own Rego tests pass)."""
+    from lightgate.cli_node import admin_call
+    from lightgate.wire.v1 import admin_pb2 as pb
+    from verifier.policy import PolicyError
+    from verifier.policy.bundle import read_bundle_files
+
+    try:
+        files = read_bundle_files(directory)
+    except PolicyError as exc:
+        fail(exc.reason)
+    with admin_call(admin, token_file, ca, cert, key) as (stub, metadata):
+        reply = stub.SetPolicy(pb.SetPolicyRequest(files=files), metadata=metadata)
+    out.print(f"policy {reply.policy_id} is in force", highlight=False)

@@ -23,8 +23,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Reinstall only when the project's declared dependencies changed.
 stamp=.venv/.lightgate-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
+    || [ requirements/policy-engine.txt -nt "$stamp" ]; then
     .venv/bin/pip install -q --upgrade pip
+    # The policy engine by hash first, so the editable install finds it satisfied.
+    .venv/bin/pip install -q --no-deps --require-hashes -r requirements/policy-engine.txt
     .venv/bin/pip install -q -e '.[dev]'
     touch "$stamp"
 fi

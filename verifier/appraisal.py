@@ -13,13 +13,16 @@ with a named check.  Event-data findings are reported, not refused: policy decid
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
+from lightgate.errors import Refusal
+from verifier.evidence.claim_names import claims_json
 from verifier.evidence.claim_types import BootClaims
 from verifier.evidence.claims import claims_of
 from verifier.evidence.errors import (
@@ -32,8 +35,10 @@ from verifier.evidence.errors import (
 from verifier.evidence.eventlog import EventLog, Replay, parse_event_log, replay
 from verifier.evidence.measured_boot import DEFAULT_LOG_PCRS, verify_event_log
 from verifier.evidence.quote import PcrValues
+from verifier.evidence.runtime_log import VerifiedRuntimeLog
 from verifier.evidence.tpm_structures import HashAlg
-from verifier.golden.values import GoldenValues, appraise
+from verifier.golden.values import GoldenOutcome, GoldenValues, appraise
+from verifier.policy import MemoisedEngine, PolicyError
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -48,13 +53,35 @@ class BootAppraisal:
     workarounds: tuple[str, ...]
     claims: BootClaims | None
     golden: str | None  # the golden-values document the claims matched
+    # For policy: the comparison with the golden values in force, their names, and
+    # which ones had expired; the claims as named values and what identifies them.
+    outcome: GoldenOutcome | None = None
+    active: tuple[str, ...] = ()
+    expired: tuple[str, ...] = ()
+    claims_json: dict[str, object] | None = None
+    claims_key: bytes = b""
 
     @property
     def passed(self) -> bool:
         return not self.failures
 
+    @property
+    def integrity_failures(self) -> tuple[EvidenceError, ...]:
+        """The failures that make the evidence itself unusable (not golden values,
+        which are the policy's to judge)."""
+        return tuple(f for f in self.failures if not isinstance(f, GOLDEN_REFUSALS))
+
+
+GOLDEN_REFUSALS = (GoldenValuesMissing, GoldenValuesDeviation)
 
 _NO_LOG = BootAppraisal((), (), (), None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Claims:
+    claims: BootClaims
+    json: dict[str, object]
+    identity: bytes  # SHA-256 of what the claims were extracted from
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +109,7 @@ class BootAppraiser:
         # Bounded by count and by the bytes of the logs behind the entries: a parsed log
         # costs about ten times its size, and any enrolled node can send distinct logs.
         self._parsed: BoundedCache[bytes, _Parsed] = BoundedCache(cache_entries, cache_log_bytes)
-        self._claims: BoundedCache[ClaimsKey, BootClaims] = BoundedCache(
+        self._claims: BoundedCache[ClaimsKey, _Claims] = BoundedCache(
             cache_entries, cache_log_bytes
         )
 
@@ -123,10 +150,17 @@ class BootAppraiser:
             verified.claims_pcrs,
             verified.workarounds,
         )
-        claims = self._claims.get(key)
-        if claims is None:
+        cached = self._claims.get(key)
+        if cached is None:
             claims = claims_of(verified)
-            self._claims.put(key, claims, parsed.log.size)
+            identity = hashlib.sha256(
+                b"".join((parsed.log.sha256, verified.claims_bank.to_bytes(2, "big")))
+                + ",".join(map(str, sorted(verified.claims_pcrs))).encode()
+                + "|".join(verified.workarounds).encode()
+            ).digest()
+            cached = _Claims(claims, claims_json(claims), identity)
+            self._claims.put(key, cached, parsed.log.size)
+        claims = cached.claims
         findings = tuple(f.describe() for f in claims.findings)
         failures: tuple[EvidenceError, ...] = ()
         moment = now or datetime.now(UTC)
@@ -153,7 +187,16 @@ class BootAppraiser:
             )
         deviation_lines = tuple(d.describe() for d in outcome.deviations)
         return BootAppraisal(
-            failures, deviation_lines + findings, verified.workarounds, claims, outcome.matched
+            failures,
+            deviation_lines + findings,
+            verified.workarounds,
+            claims,
+            outcome.matched,
+            outcome=outcome,
+            active=tuple(g.name for g in active),
+            expired=tuple(g.name for g in golden if g.expired(moment)),
+            claims_json=cached.json,
+            claims_key=cached.identity,
         )
 
     def _parse(self, raw: bytes) -> _Parsed:
@@ -206,3 +249,196 @@ class BoundedCache(Generic[K, V]):
             while len(self._items) > self._entries or self._total > self._cost:
                 _, (_, evicted) = self._items.popitem(last=False)
                 self._total -= evicted
+
+
+# --- the whole appraisal: evidence checks, then policy -------------------------------
+
+#: Where a refusal of the evidence itself shows in the trust vector (AR4SI: 99 is
+#: "cryptographic validation of the evidence failed", 96 "contraindicated").  Checks
+#: not named here lower instance-identity: the evidence cannot be tied to the node.
+EVIDENCE_CHECK_CLAIMS: Final = {
+    "event-log-missing": "executables",
+    "event-log-malformed": "executables",
+    "event-log-replay": "executables",
+    "event-log-bank": "executables",
+    "runtime-log": "sourced-data",
+    "runtime-log-replay": "sourced-data",
+    "runtime-log-bank": "sourced-data",
+    "runtime-log-digest": "sourced-data",
+    "runtime-log-pcr": "sourced-data",
+}
+EVIDENCE_REFUSED: Final = 99
+CONTRAINDICATED_VALUE: Final = 96
+#: AR4SI -1: verifier malfunction (the verifier could not appraise: no policy decision).
+VERIFIER_MALFUNCTION: Final = -1
+TRUST_CLAIM_NAMES: Final = (
+    "instance-identity",
+    "configuration",
+    "executables",
+    "file-system",
+    "hardware",
+    "runtime-opaque",
+    "storage-opaque",
+    "sourced-data",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFacts:
+    """What the verifier knows of the node apart from this evidence."""
+
+    node_id: str
+    enrollment_mode: str
+    ek_chain_verified: bool
+    ek_pinned: bool
+    rebooted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Appraisal:
+    """The verdict on verified evidence: EAR status and vector, reasons, failed checks,
+    and what the record keeps (claims, the policy input without them, the site)."""
+
+    status: str
+    trust_vector: Mapping[str, int]
+    reasons: Mapping[str, tuple[str, ...]]
+    failed_checks: tuple[str, ...]
+    reason: str | None
+    findings: tuple[str, ...]
+    workarounds: tuple[str, ...]
+    claims: dict[str, object] | None
+    policy_id: str | None
+    appraisal_input: dict[str, object] | None
+    site: str | None
+
+
+def refused_evidence(failures: Sequence[Refusal], policy_id: str | None = None) -> Appraisal:
+    """Evidence that failed a check: contraindicated, no policy consulted."""
+    vector = dict.fromkeys(TRUST_CLAIM_NAMES, 0)
+    reasons: dict[str, list[str]] = {}
+    for failure in failures:
+        claim = EVIDENCE_CHECK_CLAIMS.get(failure.check, "instance-identity")
+        vector[claim] = EVIDENCE_REFUSED
+        reasons.setdefault(claim, []).append(failure.reason)
+    return Appraisal(
+        status="contraindicated",
+        trust_vector=vector,
+        reasons={claim: tuple(lines) for claim, lines in reasons.items()},
+        failed_checks=tuple(dict.fromkeys(f.check for f in failures)),
+        reason="; ".join(f.reason for f in failures),
+        findings=(),
+        workarounds=(),
+        claims=None,
+        policy_id=policy_id,
+        appraisal_input=None,
+        site=None,
+    )
+
+
+def policy_input(
+    node: NodeFacts,
+    boot: BootAppraisal,
+    runtime: VerifiedRuntimeLog,
+    location: Mapping[str, object],
+    banks: Sequence[str],
+) -> dict[str, object]:
+    """The policy's `input` without `claims` (policies/README.md)."""
+    outcome = boot.outcome
+    return {
+        "node": {
+            "id": node.node_id,
+            "hardware": {
+                "ek_chain_verified": node.ek_chain_verified,
+                "ek_pinned": node.ek_pinned,
+                "enrollment_mode": node.enrollment_mode,
+            },
+            "rebooted": node.rebooted,
+        },
+        "evidence": {
+            "quote": {"verified": True, "banks": list(banks)},
+            "event_log": {
+                "present": boot.claims is not None,
+                "replayed": boot.claims is not None,
+                "workarounds": list(boot.workarounds),
+            },
+            "runtime_log": {"present": runtime.present, "replayed": True},
+        },
+        "findings": [f for f in boot.findings if not _is_deviation(f, outcome)],
+        "golden": {
+            "documents": list(boot.active),
+            "expired": list(boot.expired),
+            "matched": None if outcome is None else outcome.matched,
+            "closest": None if outcome is None else outcome.closest,
+            "deviations": []
+            if outcome is None or outcome.matched is not None
+            else [{"claim": d.claim, "text": d.describe()} for d in outcome.deviations],
+        },
+        "location": dict(location),
+    }
+
+
+def _is_deviation(line: str, outcome: GoldenOutcome | None) -> bool:
+    return outcome is not None and any(line == d.describe() for d in outcome.deviations)
+
+
+def decide(
+    engine: MemoisedEngine,
+    partial_input: dict[str, object],
+    boot: BootAppraisal,
+    site: str | None,
+) -> Appraisal:
+    """Run the policy over the input (memoised by the input's digest) and make the
+    appraisal.  No decision (the engine failed) is no trust, and says why."""
+    digest = hashlib.sha256(
+        json.dumps(partial_input, sort_keys=True, separators=(",", ":")).encode() + boot.claims_key
+    ).digest()
+    full = partial_input | {"claims": boot.claims_json or {}}
+    try:
+        decision = engine.evaluate(full, digest)
+    except PolicyError as failure:
+        vector = dict.fromkeys(TRUST_CLAIM_NAMES, VERIFIER_MALFUNCTION)
+        return Appraisal(
+            status="none",
+            trust_vector=vector,
+            reasons={"instance-identity": (failure.reason,)},
+            failed_checks=(failure.check,),
+            reason=failure.reason,
+            findings=boot.findings,
+            workarounds=boot.workarounds,
+            claims=boot.claims_json,
+            policy_id=engine.policy_id,
+            appraisal_input=partial_input,
+            site=site,
+        )
+    lines = [line for claim in sorted(decision.reasons) for line in decision.reasons[claim]]
+    return Appraisal(
+        status=str(decision.status),
+        trust_vector=decision.trust_vector,
+        reasons=decision.reasons,
+        failed_checks=decision.failed_checks,
+        reason="; ".join(lines) or None,
+        findings=boot.findings,
+        workarounds=boot.workarounds,
+        claims=boot.claims_json,
+        policy_id=decision.policy_id,
+        appraisal_input=partial_input,
+        site=site,
+    )
+
+
+def revoked_by_operator(appraisal: Appraisal, why: str) -> Appraisal:
+    """A revoked node's appraisal: whatever its evidence, no trust until an operator
+    restores it.  The evidence's own verdict stays in the reasons beside it."""
+    reason = f"revoked: {why or 'revoked by an operator'}"
+    reasons = dict(appraisal.reasons)
+    reasons["instance-identity"] = (*reasons.get("instance-identity", ()), reason)
+    vector = dict(appraisal.trust_vector)
+    vector["instance-identity"] = max(vector.get("instance-identity", 0), CONTRAINDICATED_VALUE)
+    return replace(
+        appraisal,
+        status="contraindicated",
+        trust_vector=vector,
+        reasons=reasons,
+        failed_checks=(*appraisal.failed_checks, "revoked"),
+        reason="; ".join(r for r in (reason, appraisal.reason) if r),
+    )

@@ -100,3 +100,11 @@ class ActivationFailed(VerifierError):
 class ActivationExpired(VerifierError):
     check = "credential-activation-expired"
     status = "FAILED_PRECONDITION"
+
+
+class OperatorUnauthenticated(VerifierError):
+    """An admin call without valid operator credentials (bearer token or client
+    certificate, by configuration)."""
+
+    check = "operator-authentication"
+    status = "UNAUTHENTICATED"

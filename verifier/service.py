@@ -11,18 +11,29 @@ an error in a check never yields `affirming`.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import Final, cast
 
 from lightgate.config import VerifierConfig
-from verifier.appraisal import BootAppraiser
+from lightgate.errors import Refusal
+from verifier.appraisal import (
+    Appraisal,
+    BootAppraiser,
+    NodeFacts,
+    decide,
+    policy_input,
+    refused_evidence,
+    revoked_by_operator,
+)
 from verifier.credential import Credential, CredentialError, make_credential
 from verifier.enrollment import (
     TrustStore,
@@ -44,7 +55,6 @@ from verifier.errors import (
     NoPendingEnrollment,
     UnknownNode,
 )
-from verifier.evidence.claim_names import claims_json
 from verifier.evidence.errors import (
     ChecksFailed,
     EvidenceError,
@@ -63,9 +73,27 @@ from verifier.evidence.quote import (
     authenticate_quote,
     verify_authenticated_quote,
 )
+from verifier.evidence.runtime_log import VerifiedRuntimeLog, verify_runtime_log
 from verifier.evidence.tpm_public import PublicArea, parse_public
 from verifier.evidence.tpm_structures import ClockInfo, PcrSelection
-from verifier.golden.values import GoldenValues, from_document
+from verifier.location import (
+    ObservedLocation,
+    SiteTable,
+    location_input,
+    observe,
+    parse_networks,
+    verify_asset_tag,
+)
+from verifier.references import References
+from verifier.results import (
+    AttestationResult,
+    ResultFormat,
+    ResultView,
+    Status,
+    sign_result,
+    sign_result_cose,
+    verify_result,
+)
 from verifier.store import (
     AttestationRecord,
     AttestationTransaction,
@@ -75,10 +103,12 @@ from verifier.store import (
     PendingEnrollment,
     Store,
 )
+from verifier.store.records import TRUST_REVOKED
 
 log = logging.getLogger("lightgate.verifier")
 
-GOLDEN_REFRESH_SECONDS = 5.0
+#: The policy id of results decided by the evidence checks alone (no policy ran).
+EVIDENCE_CHECKS_POLICY: Final = "lightgate:evidence-checks"
 
 NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 NONCE_KEY = "nonce-hmac-sha256"
@@ -110,6 +140,7 @@ class NonceChallenge:
     nonce: bytes
     pcr_selection: PcrSelection
     expires_at: datetime
+    asset_tag: str = ""  # the node's signed asset tag, for it to measure
 
 
 @dataclass(frozen=True)
@@ -123,6 +154,8 @@ class AttestOutcome:
     attested_at: datetime
     workarounds: tuple[str, ...] = ()
     findings: tuple[str, ...] = ()
+    result: str = ""  # the signed EAR (JWT)
+    expires_at: datetime | None = None
 
 
 def utc_now() -> datetime:
@@ -158,8 +191,16 @@ class Verifier:
             cache_entries=boot.replay_cache_entries,
             cache_log_bytes=boot.replay_cache_bytes,
         )
-        self._golden: tuple[float, tuple[GoldenValues, ...]] = (-GOLDEN_REFRESH_SECONDS, ())
         self._nonce_key = store.shared_secret(NONCE_KEY, lambda: os.urandom(32), clock())
+        self.references = References(store, config, clock)
+        location = config.location
+        self._sites = SiteTable.from_rules(location.sites)
+        self._proxies = parse_networks(location.trusted_proxies)
+        self._trust_lifetime = timedelta(seconds=config.results.trust_lifetime())
+        enrollment = config.enrollment
+        self._ek_chain_verified = enrollment.mode == "ek-chain" or (
+            enrollment.mode == "join-token" and enrollment.require_ek_chain
+        )
 
     # --- enrollment --------------------------------------------------------------------
 
@@ -274,7 +315,10 @@ class Verifier:
         node_id = self._known_enrolled(node_id)
         now = self._now()
         nonce = mint_nonce(self._nonce_key, node_id, now, self._nonce_ttl, os.urandom(3))
-        return NonceChallenge(nonce, self._selection, now + self._nonce_ttl)
+        tag = self.references.asset_tag(node_id)
+        return NonceChallenge(
+            nonce, self._selection, now + self._nonce_ttl, "" if tag is None else tag.token
+        )
 
     def _known_enrolled(self, node_id: str) -> str:
         """Challenges are only for enrolled nodes.  A node seen enrolled recently is not
@@ -297,6 +341,8 @@ class Verifier:
         pcr_values: PcrValues,
         peer: str = "",
         event_log: bytes = b"",
+        runtime_log: bytes = b"",
+        metadata: Mapping[str, str] | None = None,
     ) -> AttestOutcome:
         """Judge one quote, in one store transaction: the node's row (locked), the
         nonce spent, evidence and result written together, or nothing at all."""
@@ -322,6 +368,10 @@ class Verifier:
                 clock=None,
                 rebooted=False,
                 event_log=event_log or None,
+                runtime_log=runtime_log or None,
+                evidence_digest=_evidence_digest(
+                    message, signature, pcr_values, event_log, runtime_log
+                ),
             )
             assert node.ak_public is not None  # _require_enrolled guarantees an active AK
             try:
@@ -332,7 +382,9 @@ class Verifier:
                 record = _refused(record, (forged,))
                 _log_decision("attestation-unauthenticated", node_id, check=forged.check, peer=peer)
                 return _outcome(record, result_id=0)
-            record = self._judge(transaction, node, authenticated, pcr_values, record)
+            record = self._judge(
+                transaction, node, authenticated, pcr_values, record, metadata or {}
+            )
             result = transaction.record(record)
         _log_decision(
             "attestation",
@@ -347,6 +399,41 @@ class Verifier:
         )
         return _outcome(record, result.id)
 
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        """The result-signing keys in force, as a JWKS (after rotations elsewhere too)."""
+        return self.references.keys.jwks()
+
+    def latest_result(self, node_id: str, result_format: ResultFormat) -> ResultView | None:
+        """The node's newest signed result (JWT as signed, or re-signed as COSE), with
+        its trust state now; None for an unknown node or one without a result."""
+        node = self._store.get_node(node_id)
+        results = self._store.results_for(node_id, 1) if node is not None else []
+        if node is None or not results or not results[0].ear or results[0].expires_at is None:
+            return None
+        newest = results[0]
+        assert newest.ear is not None and newest.expires_at is not None
+        cose = None
+        if result_format == "cose":
+            keys = self.references.keys
+            result = verify_result(newest.ear, keys.verification_keys(), newest.created_at)
+            cose = sign_result_cose(result, keys.active)
+        return ResultView(
+            node_id=node_id,
+            state=node.trust_at(self._now()),
+            status=cast(Status, newest.status),
+            jwt=newest.ear if result_format == "jwt" else None,
+            cose=cose,
+            issued_at=newest.created_at,
+            expires_at=newest.expires_at,
+        )
+
+    def expire(self) -> int:
+        """Record the expiry of every node whose trust lasted out; how many expired."""
+        expired = self._store.expire_trust(self._now())
+        for transition in expired:
+            _log_decision("trust-expired", transition.node_id, since=transition.at.isoformat())
+        return len(expired)
+
     def _judge(
         self,
         transaction: AttestationTransaction,
@@ -354,9 +441,11 @@ class Verifier:
         authenticated: AuthenticatedQuote,
         pcr_values: PcrValues,
         record: AttestationRecord,
+        metadata: Mapping[str, str],
     ) -> AttestationRecord:
-        """Checks 2-6 of a quote the node's AK signed.  Its nonce is spent only now, so
-        a forged message cannot burn a nonce issued to someone else."""
+        """Checks 2-6 of a quote the node's AK signed, then the logs, then the policy.
+        The nonce is spent only now, so a forged message cannot burn a nonce issued to
+        someone else."""
         try:
             nonce = self._spend(
                 transaction, authenticated.quote.nonce, node.node_id, record.received_at
@@ -366,35 +455,106 @@ class Verifier:
             )
             verified = verify_authenticated_quote(authenticated, pcr_values, expectations)
         except EvidenceError as refusal:
-            failures = refusal.failures if isinstance(refusal, ChecksFailed) else (refusal,)
-            return _refused(record, failures)
+            checks = refusal.failures if isinstance(refusal, ChecksFailed) else (refusal,)
+            return self._signed(record, refused_evidence(checks))
+        references = self.references
         boot = self._boot.appraise(
             node.node_id,
             record.event_log or b"",
             verified.pcr_values,
-            self._golden_values(),
+            references.golden,
             now=record.received_at,
         )
-        record = replace(
-            record,
-            findings=boot.findings,
-            workarounds=boot.workarounds,
-            claims=None if boot.claims is None else claims_json(boot.claims),
+        failures: tuple[Refusal, ...] = boot.integrity_failures
+        runtime = None
+        try:
+            runtime = verify_runtime_log(
+                record.runtime_log or b"",
+                verified.pcr_values.banks,
+                self._config.location.runtime_pcr,
+                node_id=node.node_id,
+                max_bytes=self._config.location.max_runtime_log_bytes,
+            )
+        except EvidenceError as refusal:
+            failures += (refusal,)
+        if failures or runtime is None:
+            refused = replace(record, workarounds=boot.workarounds, findings=boot.findings)
+            return self._signed(refused, refused_evidence(failures))
+        facts = NodeFacts(
+            node_id=node.node_id,
+            enrollment_mode=self._config.enrollment.mode,
+            ek_chain_verified=self._ek_chain_verified,
+            ek_pinned=self._config.enrollment.mode == "allowlist",
+            rebooted=verified.rebooted,
         )
-        if not boot.passed:
-            return _refused(record, boot.failures)
-        return _accepted(record, verified.clock_info, verified.rebooted)
+        location = self._location(node.node_id, runtime, record.peer, metadata)
+        banks = [bank.bank_name for bank in verified.pcr_values.banks]
+        partial = policy_input(facts, boot, runtime, location, banks)
+        appraisal = decide(references.policy, partial, boot, location_site(location))
+        if node.trust_state == TRUST_REVOKED:
+            appraisal = revoked_by_operator(appraisal, node.trust_reason or "")
+        record = self._signed(record, appraisal)
+        if appraisal.status == AFFIRMING:
+            return replace(record, clock=verified.clock_info, rebooted=verified.rebooted)
+        return record
 
-    def _golden_values(self) -> tuple[GoldenValues, ...]:
-        """The active golden values, re-read from the store every few seconds so an
-        import reaches every replica without a restart."""
-        read_at, documents = self._golden
-        now = time.monotonic()
-        if now - read_at < GOLDEN_REFRESH_SECONDS:
-            return documents
-        documents = tuple(from_document(row.document) for row in self._store.golden_values())
-        self._golden = (now, documents)
-        return documents
+    def _location(
+        self,
+        node_id: str,
+        runtime: VerifiedRuntimeLog,
+        peer: str,
+        metadata: Mapping[str, str],
+    ) -> dict[str, object]:
+        """The location input: the tag the operator set, the tag the quote proves (its
+        signature checked), and the site the attestation came from."""
+        assigned = self.references.asset_tag(node_id)
+        attested, attested_error = None, None
+        token = runtime.current_asset_tag
+        if token is not None:  # no tag measured is no claim, which policy weighs
+            try:
+                keys = self.references.keys.verification_keys()
+                attested = verify_asset_tag(token, keys, node_id)
+            except Refusal as refusal:
+                attested_error = refusal.message
+        try:
+            observed = observe(peer, metadata, self._proxies, self._sites)
+        except Refusal as refusal:
+            observed = ObservedLocation(None, None)
+            attested_error = attested_error or f"observed address: {refusal.message}"
+        attributes = None if assigned is None else assigned.attributes
+        return location_input(attributes, attested, attested_error, observed)
+
+    def _signed(self, record: AttestationRecord, appraisal: Appraisal) -> AttestationRecord:
+        """The record with the appraisal and its EAR, signed with the active key."""
+        expires_at = record.received_at + self._trust_lifetime
+        result = AttestationResult(
+            node_id=record.node_id,
+            status=cast(Status, appraisal.status),  # AttestationResult checks it
+            trust_vector=appraisal.trust_vector,
+            policy_id=appraisal.policy_id or EVIDENCE_CHECKS_POLICY,
+            nonce=record.nonce,
+            issued_at=record.received_at,
+            expires_at=expires_at,
+            evidence_digest=record.evidence_digest or b"",
+            reasons=appraisal.reasons,
+            verifier_id=self._config.results.verifier_id,
+            failed_checks=appraisal.failed_checks,
+        )
+        return replace(
+            record,
+            status=appraisal.status,
+            failed_checks=appraisal.failed_checks,
+            reason=appraisal.reason,
+            findings=appraisal.findings or record.findings,
+            workarounds=appraisal.workarounds or record.workarounds,
+            claims=appraisal.claims,
+            trust_vector=dict(appraisal.trust_vector),
+            policy_id=appraisal.policy_id,
+            ear=sign_result(result, self.references.keys.active),
+            expires_at=expires_at,
+            appraisal_input=appraisal.appraisal_input,
+            site=appraisal.site,
+        )
 
     def _spend(
         self, transaction: AttestationTransaction, value: bytes, node_id: str, now: datetime
@@ -419,7 +579,30 @@ def _outcome(record: AttestationRecord, result_id: int) -> AttestOutcome:
         record.received_at,
         record.workarounds,
         record.findings,
+        record.ear or "",
+        record.expires_at,
     )
+
+
+def _evidence_digest(
+    message: bytes, signature: bytes, pcr_values: PcrValues, event_log: bytes, runtime_log: bytes
+) -> bytes:
+    """SHA-256 over the evidence as received, each part length-prefixed, so a result
+    names exactly the evidence it judged (and no two evidence sets share a digest)."""
+    digest = hashlib.sha256()
+    pcrs = json.dumps(pcr_values.to_json(), sort_keys=True, separators=(",", ":")).encode()
+    for part in (message, signature, pcrs, event_log, runtime_log):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.digest()
+
+
+def location_site(location: Mapping[str, object]) -> str | None:
+    observed = location.get("observed")
+    if isinstance(observed, Mapping):
+        site = observed.get("site")
+        return site if isinstance(site, str) else None
+    return None
 
 
 def _require_enrolled(node: NodeRecord | None, node_id: str) -> NodeRecord:

@@ -8,6 +8,7 @@ verifier's gRPC server, its SQLite store, the simulator CAs.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -17,17 +18,38 @@ from pathlib import Path
 
 import grpc
 
-from attestor.agent import Agent
+from attestor.agent import Agent, open_channel
+from attestor.source_address import SourceAddressRelay
 from attestor.tpm import Tpm, TpmError
-from lightgate.config import AgentConfig, AttestationConfig, EnrollmentConfig, VerifierConfig
+from lightgate.admin_client import new_token
+from lightgate.config import (
+    AdminConfig,
+    AdminToken,
+    AgentConfig,
+    AttestationConfig,
+    EnrollmentConfig,
+    LocationConfig,
+    ResultsConfig,
+    SiteRule,
+    VerifierConfig,
+)
 from lightgate.sim.boot import fixture_path, golden_from_fixture, import_golden, measure_boot
 from lightgate.sim.scenarios import SCENARIOS, Environment, Scenario, Verdict, check_plan
 from lightgate.sim.swtpm import SimulatorCA, Swtpm, provision, require_tools
+from lightgate.wire.v1 import admin_pb2 as admin_pb
+from lightgate.wire.v1 import admin_pb2_grpc as admin_pb_grpc
 from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
 from verifier.server import start_verifier
 
 SIM_NONCE_TTL_SECONDS = 2.0  # short, so expired-nonce shows in seconds, not a minute
+SIM_TRUST_SECONDS = 3.0  # short, so an expired node shows in seconds
 PROVISION_WORKERS = 2
+#: The simulated sites: each is a /16 of loopback, which Linux routes to lo whole, so a
+#: node "at" a site connects from its own address there (attestor/source_address.py).
+SIM_SITES = {
+    "ams1": ("127.1.0.0/16", {"region": "eu-west", "dc": "ams1"}),
+    "fra1": ("127.2.0.0/16", {"region": "eu-central", "dc": "fra1"}),
+}
 
 
 @dataclass(frozen=True)
@@ -39,6 +61,7 @@ class NodeResult:
     expected: str  # "affirming" or the check that must refuse it
     as_expected: bool
     ak: str = ""  # the node's AK kind
+    failed_checks: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -52,7 +75,66 @@ def _as_expected(scenario: Scenario, verdict: Verdict) -> bool:
         return verdict.status == "affirming"
     reason = verdict.reason or ""
     named = scenario.detail is None or scenario.detail in reason
-    return verdict.status != "affirming" and reason.startswith(f"{scenario.expect}:") and named
+    # The check must be among those that refused (an EAR lists every failed check);
+    # a refused request (no result) names it at the start of its reason.
+    refused_by = scenario.expect in verdict.failed_checks or reason.startswith(
+        f"{scenario.expect}:"
+    )
+    return verdict.status != "affirming" and refused_by and named
+
+
+class SimOperator:
+    """The simulator's operator: a bearer token and the verifier's Admin API."""
+
+    def __init__(self, address: str, token: str) -> None:
+        self._channel = grpc.insecure_channel(address)
+        self._stub = admin_pb_grpc.AdminStub(self._channel)
+        self._metadata = [("authorization", f"Bearer {token}")]
+
+    def tag(self, node_id: str, attributes: dict[str, str]) -> None:
+        request = admin_pb.TagNodeRequest(node_id=node_id, attributes=attributes)
+        self._stub.TagNode(request, metadata=self._metadata, timeout=10)
+
+    def revoke(self, node_id: str, reason: str) -> None:
+        request = admin_pb.RevokeNodeRequest(node_id=node_id, reason=reason)
+        self._stub.RevokeNode(request, metadata=self._metadata, timeout=10)
+
+    def trust(self, node_id: str) -> tuple[str, str]:
+        nodes = self._stub.ListNodes(
+            admin_pb.ListNodesRequest(), metadata=self._metadata, timeout=10
+        ).nodes
+        (node,) = [n for n in nodes if n.node_id == node_id]
+        return node.state, node.reason
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def sim_verifier_config(root: Path, operator_token_sha256: str) -> VerifierConfig:
+    """The simulated fleet's verifier: every listener on loopback, short lifetimes."""
+    return VerifierConfig(
+        listen="127.0.0.1:0",
+        state_dir=root / "verifier",
+        enrollment=EnrollmentConfig(mode="ek-chain", trust_store=root / "trust"),
+        attestation=AttestationConfig(nonce_ttl_seconds=SIM_NONCE_TTL_SECONDS),
+        results=ResultsConfig(trust_seconds=SIM_TRUST_SECONDS, https_listen="127.0.0.1:0"),
+        location=LocationConfig(
+            sites=[
+                SiteRule(cidr=cidr, site=site, attributes=attributes)
+                for site, (cidr, attributes) in SIM_SITES.items()
+            ]
+        ),
+        admin=AdminConfig(
+            listen="127.0.0.1:0",
+            tokens=[AdminToken(operator="simulator", sha256=operator_token_sha256)],
+        ),
+    )
+
+
+def source_address(site: str, index: int) -> str:
+    """Node `index`'s own address in `site`'s network."""
+    network = ipaddress.ip_network(SIM_SITES[site][0])
+    return str(network.network_address + 2 + index)
 
 
 @contextlib.contextmanager
@@ -101,69 +183,89 @@ def run_fleet(
             swtpms[state_dir] = stack.enter_context(Swtpm(state_dir).start())
         note(f"started {len(swtpms)} swtpm processes")
 
-        config = VerifierConfig(
-            listen="127.0.0.1:0",
-            state_dir=root / "verifier",
-            enrollment=EnrollmentConfig(mode="ek-chain", trust_store=root / "trust"),
-            attestation=AttestationConfig(nonce_ttl_seconds=SIM_NONCE_TTL_SECONDS),
-        )
-        verifier = stack.enter_context(start_verifier(config))
+        token, token_sha256 = new_token()
+        verifier = stack.enter_context(start_verifier(sim_verifier_config(root, token_sha256)))
         address = f"127.0.0.1:{verifier.port}"
         note(f"verifier listening on {address}")
+        operator = SimOperator(f"127.0.0.1:{verifier.admin_port}", token)
+        stack.callback(operator.close)
         golden = golden_from_fixture()
         import_golden(verifier.store, golden)
+        verifier.verifier.references.refresh()
         note(f"golden values {golden.name!r} learned from the good boot fixture")
-        channel = stack.enter_context(grpc.insecure_channel(address))
-        stub = pb_grpc.AttestationStub(channel)
         env = Environment(
             nonce_ttl_seconds=SIM_NONCE_TTL_SECONDS,
             foreign_tpm=(lambda: Tpm(swtpms[foreign_dir].tcti)) if foreign_dir in swtpms else None,
+            operator=operator,
+            trust_seconds=SIM_TRUST_SECONDS,
         )
 
-        def run_node(node: str, scenario_name: str) -> NodeResult:
-            scenario = SCENARIOS[scenario_name]
-            boot_log, log_path = _boot_logs(root, node, scenario)
-            agent_config = AgentConfig(
-                node_id=node,
-                verifier=address,
-                tcti=swtpms[tpm_dirs[node]].tcti,
-                state_dir=root / "agents" / node,
-                rpc_timeout_seconds=10,
-                # Both AK kinds a fleet has in the field: ECC P-256 and RSA-2048.
-                ak_algorithm="rsa" if nodes.index(node) % 2 else "ecc",
-                event_log=log_path,
-            )
-            try:
-                with Tpm(agent_config.tcti, agent_config.ek_kind) as tpm:
-                    measure_boot(tpm, boot_log)  # the firmware's measurements, at power-on
-                    verdict = scenario.run(Agent(agent_config, tpm, stub), env)
-            except grpc.RpcError as exc:
-                verdict = Verdict("none", exc.details() or exc.code().name)
-            except TpmError as exc:
-                verdict = Verdict("none", f"tpm: {exc}")
-            expected = scenario.expect or "affirming"
-            return NodeResult(
-                node,
-                scenario_name,
-                verdict.status,
-                verdict.reason,
-                expected,
-                _as_expected(scenario, verdict),
-                ak={"ecc": "ECC P-256 AK", "rsa": "RSA-2048 AK"}[agent_config.ak_algorithm],
-            )
-
+        fleet = _Fleet(root, address, nodes, {n: swtpms[tpm_dirs[n]].tcti for n in nodes}, env)
         results: dict[str, NodeResult] = {}
         pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="node")
         # On Ctrl-C or an error, queued nodes are cancelled rather than run first.
         stack.callback(pool.shutdown, wait=False, cancel_futures=True)
         futures = {
-            pool.submit(run_node, n, s.name): n for n, s in zip(nodes, scenarios, strict=True)
+            pool.submit(_run_node, fleet, n, s.name): n
+            for n, s in zip(nodes, scenarios, strict=True)
         }
         for future in as_completed(futures):
             result = future.result()
             results[result.node] = result
             note(f"{result.node}: {result.status}")
         return [results[node] for node in nodes]
+
+
+@dataclass(frozen=True)
+class _Fleet:
+    root: Path
+    address: str  # the verifier's
+    nodes: list[str]
+    tctis: dict[str, str]
+    env: Environment
+
+
+def _run_node(fleet: _Fleet, node: str, scenario_name: str) -> NodeResult:
+    """One node: its firmware measures its boot, then its agent plays the scenario,
+    connecting from the node's own address at its site."""
+    scenario = SCENARIOS[scenario_name]
+    boot_log, log_path = _boot_logs(fleet.root, node, scenario)
+    index = fleet.nodes.index(node)
+    agent_config = AgentConfig(
+        node_id=node,
+        verifier=fleet.address,
+        tcti=fleet.tctis[node],
+        state_dir=fleet.root / "agents" / node,
+        rpc_timeout_seconds=10,
+        # Both AK kinds a fleet has in the field: ECC P-256 and RSA-2048.
+        ak_algorithm="rsa" if index % 2 else "ecc",
+        event_log=log_path,
+        source_address=source_address(scenario.site, index),
+    )
+    try:
+        with contextlib.ExitStack() as own:
+            relay = SourceAddressRelay(fleet.address, source_address(scenario.site, index))
+            channel = own.enter_context(
+                open_channel(agent_config, own.enter_context(relay).address)
+            )
+            tpm = own.enter_context(Tpm(agent_config.tcti, agent_config.ek_kind))
+            measure_boot(tpm, boot_log)  # the firmware's measurements, at power-on
+            agent = Agent(agent_config, tpm, pb_grpc.AttestationStub(channel))
+            verdict = scenario.run(agent, fleet.env)
+    except grpc.RpcError as exc:
+        verdict = Verdict("none", exc.details() or exc.code().name)
+    except TpmError as exc:
+        verdict = Verdict("none", f"tpm: {exc}")
+    return NodeResult(
+        node,
+        scenario_name,
+        verdict.status,
+        verdict.reason,
+        scenario.expect or "affirming",
+        _as_expected(scenario, verdict),
+        ak={"ecc": "ECC P-256 AK", "rsa": "RSA-2048 AK"}[agent_config.ak_algorithm],
+        failed_checks=verdict.failed_checks,
+    )
 
 
 def _boot_logs(root: Path, node: str, scenario: Scenario) -> tuple[bytes, Path]:

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 
@@ -24,8 +25,26 @@ from lightgate.wire.v1 import attestation_pb2 as pb
 
 @dataclass(frozen=True)
 class Verdict:
-    status: str  # affirming | contraindicated | none (never enrolled)
+    # affirming | warning | contraindicated | expired | none (never enrolled)
+    status: str
     reason: str | None
+    failed_checks: tuple[str, ...] = ()
+
+
+class Operator(Protocol):
+    """What an operator does to the fleet, through the verifier's Admin API."""
+
+    def tag(self, node_id: str, attributes: dict[str, str]) -> None: ...
+
+    def revoke(self, node_id: str, reason: str) -> None: ...
+
+    def trust(self, node_id: str) -> tuple[str, str]:
+        """The node's trust state now and its reason."""
+        ...
+
+
+#: The asset tag every simulated node is given, and the networks its site is at.
+SIM_TAG = {"region": "eu-west", "dc": "ams1"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +53,8 @@ class Environment:
 
     nonce_ttl_seconds: float
     foreign_tpm: Callable[[], Tpm] | None = None
+    operator: Operator | None = None
+    trust_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -48,11 +69,19 @@ class Scenario:
     # What the agent sends as its event log, from the log of `boot` (None: that log).
     sent_log: Callable[[bytes], bytes] | None = None
     detail: str | None = None  # text the refusal's reason must name (the claim, the PCR)
+    site: str = "ams1"  # the simulated site the node connects from (its source network)
 
 
 def _verdict(response: pb.AttestResponse) -> Verdict:
     status = convert.STATUS_FROM_WIRE.get(response.status, "none")
-    return Verdict(status, response.reason or None)
+    return Verdict(status, response.reason or None, tuple(response.failed_checks))
+
+
+def _enroll(agent: Agent, env: Environment) -> None:
+    """Enroll, then have the operator tag the node where it is supposed to be."""
+    agent.enroll()
+    if env.operator is not None:
+        env.operator.tag(agent.node_id, SIM_TAG)
 
 
 def _refused(exc: grpc.RpcError) -> Verdict:
@@ -61,7 +90,7 @@ def _refused(exc: grpc.RpcError) -> Verdict:
 
 
 def good(agent: Agent, env: Environment) -> Verdict:
-    agent.enroll()
+    _enroll(agent, env)
     agent.attest_once()
     return _verdict(agent.attest_once())  # a second round: counters move forward
 
@@ -102,7 +131,7 @@ def foreign_ak(agent: Agent, env: Environment) -> Verdict:
 
 def replayed_nonce(agent: Agent, env: Environment) -> Verdict:
     """Replay a captured, once-accepted attestation."""
-    agent.enroll()
+    _enroll(agent, env)
     captured = agent.collect(agent.challenge())
     agent.submit(captured)
     return _verdict(agent.submit(captured))
@@ -110,7 +139,7 @@ def replayed_nonce(agent: Agent, env: Environment) -> Verdict:
 
 def expired_nonce(agent: Agent, env: Environment) -> Verdict:
     """Answer a challenge after its nonce expired (evidence prepared in advance)."""
-    agent.enroll()
+    _enroll(agent, env)
     challenge = agent.challenge()
     time.sleep(env.nonce_ttl_seconds + 0.5)
     return _verdict(agent.submit(agent.collect(challenge)))
@@ -118,7 +147,7 @@ def expired_nonce(agent: Agent, env: Environment) -> Verdict:
 
 def tampered_pcr(agent: Agent, env: Environment) -> Verdict:
     """Report a PCR value other than the one the TPM quoted (hide a measurement)."""
-    agent.enroll()
+    _enroll(agent, env)
     request = agent.collect(agent.challenge())
     bank = request.pcr_values[0]
     first = min(bank.values)
@@ -130,12 +159,39 @@ def tampered_pcr(agent: Agent, env: Environment) -> Verdict:
 
 def bad_signature(agent: Agent, env: Environment) -> Verdict:
     """Alter the signed quote's signature (a forged or corrupted quote)."""
-    agent.enroll()
+    _enroll(agent, env)
     request = agent.collect(agent.challenge())
     signature = bytearray(request.quote_signature)
     signature[-1] ^= 0x01
     request.quote_signature = bytes(signature)
     return _verdict(agent.submit(request))
+
+
+def expired(agent: Agent, env: Environment) -> Verdict:
+    """Attest once, then stop (the agent dies, the node is cut off): trust lasts out."""
+    assert env.operator is not None
+    _enroll(agent, env)
+    first = _verdict(agent.attest_once())
+    if first.status != "affirming":
+        return first
+    deadline = time.monotonic() + env.trust_seconds + 5.0
+    state, reason = env.operator.trust(agent.node_id)
+    while state != "expired" and time.monotonic() < deadline:
+        time.sleep(0.25)
+        state, reason = env.operator.trust(agent.node_id)
+    return Verdict(state, f"expired: {reason}" if state == "expired" else reason, (state,))
+
+
+def revoked(agent: Agent, env: Environment) -> Verdict:
+    """An operator revokes a trusted node (a stolen disk): its next attestation, however
+    good its evidence, is not trusted."""
+    assert env.operator is not None
+    _enroll(agent, env)
+    first = _verdict(agent.attest_once())
+    if first.status != "affirming":
+        return first
+    env.operator.revoke(agent.node_id, "simulated: the node's disk was reported stolen")
+    return _verdict(agent.attest_once())
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -220,6 +276,20 @@ _BOOT_SCENARIOS = (
     ),
 )
 SCENARIOS.update({s.name: s for s in _BOOT_SCENARIOS})
+
+_TRUST_SCENARIOS = (
+    Scenario(
+        "wrong-location",
+        "tagged for ams1 (eu-west), attests from fra1's network",
+        "location",
+        good,
+        site="fra1",
+        detail="fra1",
+    ),
+    Scenario("expired", "attests once, then its agent stops", "expired", expired),
+    Scenario("revoked", "revoked by an operator, then attests again", "revoked", revoked),
+)
+SCENARIOS.update({s.name: s for s in _TRUST_SCENARIOS})
 
 
 def check_plan(plan: list[str]) -> None:

@@ -144,8 +144,9 @@ outcomes contains {
 }
 
 # --- hardware --------------------------------------------------------------------------
-# An EK certificate chain to a known manufacturer is what shows the TPM is genuine; a
-# node enrolled without one (trust on first use) may be a software TPM.
+# An EK certificate chain to a known manufacturer is what shows the TPM is genuine, and
+# so does an EK an operator pinned (allow-list); a node enrolled with neither (trust on
+# first use) may be a software TPM.
 
 outcomes contains {
 	"check": "hardware",
@@ -154,6 +155,7 @@ outcomes contains {
 	"reason": sprintf("hardware: the EK certificate chain was not verified (enrollment mode %s)", [mode]),
 } if {
 	not input.node.hardware.ek_chain_verified == true
+	not input.node.hardware.ek_pinned == true
 	mode := object.get(input, ["node", "hardware", "enrollment_mode"], "unknown")
 }
 

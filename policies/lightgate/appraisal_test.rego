@@ -241,3 +241,10 @@ test_no_settings_no_decision if {
 test_a_mistyped_trust_claim_in_the_data_is_no_decision if {
 	not appraisal.result with input as good_node with data.lightgate.config.trust_claim_of as {"kernel": "executable"}
 }
+
+test_an_ek_pinned_by_an_operator_is_genuine_hardware if {
+	pinned := {"ek_chain_verified": false, "ek_pinned": true, "enrollment_mode": "allowlist"}
+	r := appraisal.result with input as node_with({"node": {"hardware": pinned}})
+	r.trust_vector.hardware == 2
+	not "hardware" in r.failed_checks
+}

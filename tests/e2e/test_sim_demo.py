@@ -7,29 +7,38 @@ import os
 import shutil
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 if shutil.which("swtpm") is None:
     pytest.skip("swtpm is not installed (run `make setup`)", allow_module_level=True)
 
+# The check that must refuse each hostile scenario: among the result's failed checks, or
+# (for a refused enrollment, which has no result) at the start of the refusal.
 EXPECTED_REFUSALS = {
-    "forged-ek": "ek-certificate-untrusted:",
-    "foreign-ak": "credential-activation:",
-    "replayed-nonce": "nonce-replayed:",
-    "expired-nonce": "nonce-expired:",
-    "tampered-pcr": "pcr-digest:",
-    "bad-signature": "quote-signature:",
-    "tampered-kernel": "golden-values:",
-    "secure-boot-off": "golden-values:",
-    "cmdline-changed": "golden-values:",
-    "log-truncated": "event-log-replay:",
+    "forged-ek": "ek-certificate-untrusted",
+    "foreign-ak": "credential-activation",
+    "replayed-nonce": "nonce-replayed",
+    "expired-nonce": "nonce-expired",
+    "tampered-pcr": "pcr-digest",
+    "bad-signature": "quote-signature",
+    "tampered-kernel": "golden-values",
+    "secure-boot-off": "golden-values",
+    "cmdline-changed": "golden-values",
+    "log-truncated": "event-log-replay",
+    "wrong-location": "location",
+    "expired": "expired",
+    "revoked": "revoked",
 }
 NAMED = {  # what the refusal must name, beyond its check
     "tampered-kernel": "boot-chain.kernel",
     "secure-boot-off": "secure-boot.enabled",
     "cmdline-changed": "kernel.cmdline",
     "log-truncated": "PCR",
+    "wrong-location": "observed dc=fra1",
+    "expired": "trust lasted until",
+    "revoked": "stolen",
 }
 
 
@@ -45,18 +54,22 @@ def test_sim_demo_json() -> None:
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     nodes = json.loads(done.stdout)["nodes"]
-    assert all(set(node) == {"node", "scenario", "status", "reason"} for node in nodes)
-    by_scenario: dict[str, list[dict[str, str]]] = {}
+    fields = {"node", "scenario", "status", "failed_checks", "reason"}
+    assert all(set(node) == fields for node in nodes)
+    by_scenario: dict[str, list[dict[str, Any]]] = {}
     for node in nodes:
         by_scenario.setdefault(node["scenario"], []).append(node)
     assert set(by_scenario) == {"good", *EXPECTED_REFUSALS}
     for node in by_scenario["good"]:
         assert node["status"] == "affirming" and node["reason"] is None
-    for scenario, prefix in EXPECTED_REFUSALS.items():
+    for scenario, check in EXPECTED_REFUSALS.items():
         (node,) = by_scenario[scenario]
         assert node["status"] != "affirming", node
-        assert node["reason"].startswith(prefix), node
+        refused = check in node["failed_checks"] or node["reason"].startswith(f"{check}:")
+        assert refused, node
         assert NAMED.get(node["scenario"], "") in node["reason"], node
+    (expired,) = by_scenario["expired"]
+    assert expired["status"] == "expired"
 
 
 def test_sim_run_unknown_scenario_is_one_error_line() -> None:

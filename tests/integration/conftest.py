@@ -147,6 +147,7 @@ def make_verifier(tmp_path: Path, trust_store: Path) -> Iterator[VerifierFactory
         config = VerifierConfig(**settings)  # type: ignore[arg-type]
         running = start_verifier(config)
         import_golden(running.store, golden_from_fixture(GOOD_BOOT))
+        running.verifier.references.refresh()
         address = f"127.0.0.1:{running.port}"
         handle = VerifierHandle(running, address, grpc.insecure_channel(address))
         handles.append(handle)

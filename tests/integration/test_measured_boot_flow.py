@@ -71,7 +71,8 @@ def test_secure_boot_off_is_refused(
     agent = make_agent(swtpm, verifier, event_log=fixture_path("secure-boot-off"))
     agent.enroll()
     response = agent.attest_once()
-    assert list(response.failed_checks) == ["golden-values"]
+    # The golden values refuse it, and so does the policy's own Secure Boot rule.
+    assert list(response.failed_checks) == ["golden-values", "secure-boot"]
     assert "secure-boot.enabled: false" in response.reason
 
 
@@ -120,11 +121,13 @@ def test_no_golden_values_refuses_trust(
     store = verifier.running.store
     for row in store.golden_values():
         store.drop_golden_values(row.name)
-    verifier.running.verifier._golden = (-1e9, ())  # forget the cached copy now
+    verifier.running.verifier.references.refresh()  # forget the cached copy now
     agent = make_agent(make_swtpm(), verifier)
     agent.enroll()
     response = agent.attest_once()
-    assert list(response.failed_checks) == ["golden-values-missing"]
+    assert response.status == pb.TRUST_STATUS_CONTRAINDICATED
+    assert list(response.failed_checks) == ["golden-values"]
+    assert "no golden values" in response.reason
 
 
 def test_golden_values_learned_from_a_node_accept_it(

@@ -14,6 +14,7 @@ from lightgate.wire.v1 import attestation_pb2 as pb
 from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
 from verifier.errors import MalformedRequest, VerifierError
 from verifier.evidence.errors import TpmStructureMalformed
+from verifier.location import join_metadata
 from verifier.service import EnrollRequest, Verifier
 
 log = logging.getLogger("lightgate.verifier.api")
@@ -90,6 +91,7 @@ class AttestationServicer(pb_grpc.AttestationServicer):
             nonce=challenge.nonce,
             pcr_selection=convert.selection_to_wire(challenge.pcr_selection),
             expires_at=convert.timestamp(challenge.expires_at),
+            asset_tag=challenge.asset_tag,
         )
 
     @refusals_to_status
@@ -105,8 +107,10 @@ class AttestationServicer(pb_grpc.AttestationServicer):
             pcr_values,
             peer=context.peer() or "",
             event_log=request.event_log,
+            runtime_log=request.runtime_log,
+            metadata=join_metadata(context.invocation_metadata() or ()),
         )
-        return pb.AttestResponse(
+        response = pb.AttestResponse(
             status=convert.STATUS_TO_WIRE[outcome.status],
             failed_checks=list(outcome.failed_checks),
             reason=outcome.reason or "",
@@ -115,4 +119,8 @@ class AttestationServicer(pb_grpc.AttestationServicer):
             attested_at=convert.timestamp(outcome.attested_at),
             workarounds=list(outcome.workarounds),
             findings=list(outcome.findings),
+            result=outcome.result,
         )
+        if outcome.expires_at is not None:
+            response.expires_at.CopyFrom(convert.timestamp(outcome.expires_at))
+        return response

@@ -60,6 +60,10 @@ class PolicyBundle:
         return policy_id_of(self.digest)
 
 
+#: The root a bundle set through the admin API reports (it has no folder).
+STORED_ROOT: Final = Path("<policy set by an operator>")
+
+
 def policy_id_of(digest: str) -> str:
     """The appraisal-policy id for a bundle digest (hex)."""
     return POLICY_ID_PREFIX + digest[:16]
@@ -81,12 +85,37 @@ def load_bundle(root: Path) -> PolicyBundle:
     """
     if not root.is_dir():
         raise PolicyInvalid(f"{root} is not a policy folder")
+    files = {relative: _read(path) for path, relative in _bundle_files(root)}
+    return bundle_from_files(files, root)
+
+
+def read_bundle_files(root: Path) -> dict[str, bytes]:
+    """A policy folder's files by relative path, as `attest policy apply` sends them."""
+    if not root.is_dir():
+        raise PolicyInvalid(f"{root} is not a policy folder")
+    return {relative: _read(path) for path, relative in _bundle_files(root)}
+
+
+def bundle_from_files(files: Mapping[str, bytes], root: Path = STORED_ROOT) -> PolicyBundle:
+    """A bundle from its files by relative path (a folder read, or a bundle an operator
+    set through the admin API); the digest is the same either way."""
+    if len(files) > MAX_FILES:
+        raise PolicyInvalid(f"{root} holds {len(files)} policy files (at most {MAX_FILES})")
     modules: list[RegoModule] = []
     tests: list[RegoModule] = []
     data: dict[str, object] = {}
     digest = hashlib.sha256()
-    for path, relative in _bundle_files(root):
-        content = _read(path)
+    for relative in sorted(files):
+        content = files[relative]
+        parts = relative.split("/")
+        if relative.startswith("/") or any(
+            p in ("", ".", "..") or p.startswith(".") for p in parts
+        ):
+            raise PolicyInvalid(f"{relative!r} is not a relative path inside the bundle")
+        if not (relative.endswith(".rego") or parts[-1] in DATA_FILE_NAMES):
+            raise PolicyInvalid(f"{relative}: neither a Rego module nor a data document")
+        if len(content) > MAX_FILE_BYTES:
+            raise PolicyInvalid(f"{relative} is larger than {MAX_FILE_BYTES} bytes")
         if relative.endswith(TEST_SUFFIX):
             tests.append(RegoModule(relative, _text(content, relative)))
             continue

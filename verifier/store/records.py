@@ -99,6 +99,14 @@ class NodeRecord:
             return TRUST_EXPIRED
         return self.trust_state
 
+    def trust_reason_at(self, now: datetime) -> str | None:
+        """Why the node is in `trust_at(now)`."""
+        if self.trust_at(now) == TRUST_EXPIRED and self.trust_state != TRUST_EXPIRED:
+            assert self.trust_expires_at is not None
+            until = self.trust_expires_at.isoformat()
+            return f"no attestation accepted in time; trust lasted until {until}"
+        return self.trust_reason
+
 
 @dataclass(frozen=True)
 class PendingEnrollment:
