@@ -173,7 +173,10 @@ def _admin_server(
         return None, 0
     server = grpc.server(
         ThreadPoolExecutor(max_workers=2, thread_name_prefix="admin"),
-        options=[("grpc.max_receive_message_length", config.max_message_bytes)],
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a second verifier must not share this port
+        ],
     )
     operators = Operators(store, config, verifier.references, utc_now)
     admin_pb_grpc.add_AdminServicer_to_server(

@@ -14,7 +14,14 @@ import pytest
 
 from attestor.agent import Agent
 from attestor.tpm import Tpm
-from lightgate.config import AgentConfig, AttestationConfig, EnrollmentConfig, VerifierConfig
+from lightgate.config import (
+    AdminConfig,
+    AgentConfig,
+    AttestationConfig,
+    EnrollmentConfig,
+    ResultsConfig,
+    VerifierConfig,
+)
 from lightgate.sim.boot import (
     GOOD_BOOT,
     fixture_path,
@@ -142,6 +149,9 @@ def make_verifier(tmp_path: Path, trust_store: Path) -> Iterator[VerifierFactory
             "database_url": database_url,
             "enrollment": enrollment or EnrollmentConfig(mode="ek-chain", trust_store=trust_store),
             "attestation": AttestationConfig(nonce_ttl_seconds=nonce_ttl_seconds),
+            # Every listener on a free port, so that verifiers of one test do not meet.
+            "admin": AdminConfig(listen="127.0.0.1:0"),
+            "results": ResultsConfig(https_listen="127.0.0.1:0"),
             **overrides,
         }
         config = VerifierConfig(**settings)  # type: ignore[arg-type]
