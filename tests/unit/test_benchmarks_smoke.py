@@ -99,3 +99,25 @@ def test_attest_rpc_json_shape() -> None:
     check_shape(document, "attest_rpc", ops)
     for op in ops:
         assert document["results"][op]["n"] > 0
+
+
+def test_appraisal_json_shape() -> None:
+    document = run_benchmark("appraisal")
+    check_shape(
+        document,
+        "appraisal",
+        {
+            "attest_warm",
+            "attest_cold",
+            "policy_eval_cold",
+            "policy_eval_memoised",
+            "ear_sign",
+            "ear_verify",
+            "ear_sign_cose",
+            "ear_verify_cose",
+        },
+    )
+    checks = document["checks"]
+    assert isinstance(checks, dict) and checks and all(checks.values()), checks
+    info = document["baseline_info"]
+    assert isinstance(info, dict) and info["status"].startswith("skipped")
