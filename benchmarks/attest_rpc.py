@@ -218,6 +218,9 @@ def start_server(
         "attestation:",
         "  nonce_ttl_seconds: 900",
         f"  pcr_selection: {{sha256: {PCR_SELECTION}}}",
+        # Only the agents' API: no fixed ports that two runs could fight over.
+        "admin: {listen: null}",
+        "results: {https_listen: null}",
     ]
     if workers is not None:
         lines.append(f"workers: {workers}")

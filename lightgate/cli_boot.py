@@ -16,7 +16,16 @@ import typer
 from rich.table import Table
 
 from lightgate.cli_common import ConfigOption, JsonOption, err, fail, open_store, out, read_file
+from lightgate.cli_node import (
+    AdminOption,
+    CaOption,
+    CertOption,
+    KeyOption,
+    TokenFileOption,
+    admin_call,
+)
 from lightgate.config import VerifierConfig, load_config
+from verifier.store.records import AuditRecord
 
 if TYPE_CHECKING:  # the modules load lazily so `attest --help` stays fast
     from verifier.evidence.claim_types import BootClaims
@@ -276,6 +285,11 @@ def golden_export(
     out.print(f"wrote {target} ({len(signed)} bytes, signed)", highlight=False)
 
 
+def _local_operator() -> str:
+    """Who acts on the store directly: the Unix account holding its credentials."""
+    return f"local:{getpass.getuser()}@{socket.gethostname()}"
+
+
 def _load_golden(path: Path, trust: list[Path]) -> tuple[GoldenValues, str]:
     """YAML as is, or a CoRIM whose signature verifies under one of `trust` first."""
     from verifier.golden.corim import import_corim, load_trusted_key
@@ -301,15 +315,35 @@ def golden_import(
     path: Annotated[Path, typer.Argument(help="Golden values: YAML, or a signed CoRIM.")],
     trust: TrustOption = None,
     config: ConfigOption = None,
+    admin: AdminOption = None,
+    token_file: TokenFileOption = None,
+    ca: CaOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
 ) -> None:
-    """Make golden values active in the verifier's store (a CoRIM's signature first)."""
+    """Make golden values active: through the Admin API with --admin (the verifier
+    checks a CoRIM against its own measured_boot.corim_trust), else in the verifier's
+    store directly (a CoRIM's signature first); audited either way."""
+    if admin is not None:
+        from lightgate.wire.v1 import admin_pb2 as pb
 
+        raw = read_file(path)
+        kind = "corim" if raw[:1] == bytes([CORIM_TAG_BYTE]) else "yaml"
+        request = pb.ImportGoldenValuesRequest(
+            document=raw, format=kind, source=f"{kind}:{path.name}"
+        )
+        with admin_call(admin, token_file, ca, cert, key) as (stub, metadata):
+            reply = stub.ImportGoldenValues(request, metadata=metadata)
+        out.print(f"imported golden values {reply.name!r} through {admin}", highlight=False)
+        return
     settings = load_config(VerifierConfig, config)
     golden, source = _load_golden(path, list(trust or settings.measured_boot.corim_trust))
     store = open_store(settings, create=True)
+    now = datetime.now(UTC)
     try:
+        audit = AuditRecord(now, _local_operator(), "golden-import", golden.name, source)
         store.put_golden_values(
-            golden.name, golden.to_document(), golden.digest, source, datetime.now(UTC)
+            golden.name, golden.to_document(), golden.digest, source, now, audit
         )
     finally:
         store.close()
@@ -355,15 +389,30 @@ def golden_list(config: ConfigOption = None, as_json: JsonOption = False) -> Non
 
 
 @golden_app.command("remove")
-def golden_remove(name: str, config: ConfigOption = None) -> None:
-    """Deactivate golden values by name."""
+def golden_remove(
+    name: str,
+    config: ConfigOption = None,
+    admin: AdminOption = None,
+    token_file: TokenFileOption = None,
+    ca: CaOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
+) -> None:
+    """Deactivate golden values by name (through the Admin API with --admin)."""
+    if admin is not None:
+        from lightgate.wire.v1 import admin_pb2 as pb
 
-    settings = load_config(VerifierConfig, config)
-    store = open_store(settings)
-    try:
-        removed = store.drop_golden_values(name)
-    finally:
-        store.close()
+        with admin_call(admin, token_file, ca, cert, key) as (stub, metadata):
+            request = pb.RemoveGoldenValuesRequest(name=name)
+            removed = stub.RemoveGoldenValues(request, metadata=metadata).removed
+    else:
+        settings = load_config(VerifierConfig, config)
+        store = open_store(settings)
+        try:
+            audit = AuditRecord(datetime.now(UTC), _local_operator(), "golden-remove", name, "")
+            removed = store.drop_golden_values(name, audit)
+        finally:
+            store.close()
     if not removed:
         fail(f"no golden values named {name!r}")
     out.print(f"removed golden values {name!r}", highlight=False)

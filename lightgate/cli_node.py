@@ -262,6 +262,20 @@ def admin_token(operator: str) -> None:
     out.print(f"# verifier config:\n# admin:\n#   tokens:\n#     - {entry}", highlight=False)
 
 
+@admin_app.command("rotate-key")
+def admin_rotate_key(
+    admin: AdminOption = None,
+    token_file: TokenFileOption = None,
+    ca: CaOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
+) -> None:
+    """Sign results with a new key from now; the old one stays published for a while."""
+    with admin_call(admin, token_file, ca, cert, key) as (stub, metadata):
+        reply = stub.RotateSigningKey(pb.RotateSigningKeyRequest(), metadata=metadata)
+    out.print(f"signing with {reply.kid}; published: {', '.join(reply.published)}")
+
+
 @admin_app.command("audit")
 def admin_audit(
     admin: AdminOption = None,

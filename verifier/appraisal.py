@@ -112,6 +112,9 @@ class BootAppraiser:
         self._claims: BoundedCache[ClaimsKey, _Claims] = BoundedCache(
             cache_entries, cache_log_bytes
         )
+        self._outcomes: BoundedCache[tuple[bytes, tuple[bytes, ...]], GoldenOutcome] = BoundedCache(
+            cache_entries, cache_entries
+        )
 
     def appraise(
         self,
@@ -165,7 +168,12 @@ class BootAppraiser:
         failures: tuple[EvidenceError, ...] = ()
         moment = now or datetime.now(UTC)
         active = [g for g in golden if not g.expired(moment)]
-        outcome = appraise(claims, active)
+        # The comparison depends only on the claims and the documents in force.
+        outcome_key = (cached.identity, tuple(g.digest for g in active))
+        outcome = self._outcomes.get(outcome_key)
+        if outcome is None:
+            outcome = appraise(claims, active)
+            self._outcomes.put(outcome_key, outcome, 1)
         if not golden:
             failures = (
                 GoldenValuesMissing(

@@ -10,6 +10,7 @@ an error in a check never yields `affirming`.
 
 from __future__ import annotations
 
+import copy as copy_module
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ from lightgate.errors import Refusal
 from verifier.appraisal import (
     Appraisal,
     BootAppraiser,
+    BoundedCache,
     NodeFacts,
     decide,
     policy_input,
@@ -75,8 +77,9 @@ from verifier.evidence.quote import (
 )
 from verifier.evidence.runtime_log import VerifiedRuntimeLog, verify_runtime_log
 from verifier.evidence.tpm_public import PublicArea, parse_public
-from verifier.evidence.tpm_structures import ClockInfo, PcrSelection
+from verifier.evidence.tpm_structures import ClockInfo, HashAlg, PcrSelection
 from verifier.location import (
+    AssetTag,
     ObservedLocation,
     SiteTable,
     location_input,
@@ -193,6 +196,13 @@ class Verifier:
         )
         self._nonce_key = store.shared_secret(NONCE_KEY, lambda: os.urandom(32), clock())
         self.references = References(store, config, clock)
+        self._tags: BoundedCache[
+            tuple[str, str, tuple[str, ...]], tuple[AssetTag | None, str | None]
+        ] = BoundedCache(boot.replay_cache_entries, boot.replay_cache_entries)
+        self._runtime_logs: BoundedCache[
+            tuple[bytes, tuple[tuple[HashAlg, bytes | None], ...]],
+            tuple[VerifiedRuntimeLog | None, EvidenceError | None],
+        ] = BoundedCache(boot.replay_cache_entries, boot.replay_cache_bytes)
         location = config.location
         self._sites = SiteTable.from_rules(location.sites)
         self._proxies = parse_networks(location.trusted_proxies)
@@ -466,17 +476,11 @@ class Verifier:
             now=record.received_at,
         )
         failures: tuple[Refusal, ...] = boot.integrity_failures
-        runtime = None
-        try:
-            runtime = verify_runtime_log(
-                record.runtime_log or b"",
-                verified.pcr_values.banks,
-                self._config.location.runtime_pcr,
-                node_id=node.node_id,
-                max_bytes=self._config.location.max_runtime_log_bytes,
-            )
-        except EvidenceError as refusal:
-            failures += (refusal,)
+        runtime, runtime_refusal = self._runtime_log(
+            node.node_id, record.runtime_log, verified.pcr_values
+        )
+        if runtime_refusal is not None:
+            failures += (runtime_refusal,)
         if failures or runtime is None:
             refused = replace(record, workarounds=boot.workarounds, findings=boot.findings)
             return self._signed(refused, refused_evidence(failures))
@@ -511,11 +515,7 @@ class Verifier:
         attested, attested_error = None, None
         token = runtime.current_asset_tag
         if token is not None:  # no tag measured is no claim, which policy weighs
-            try:
-                keys = self.references.keys.verification_keys()
-                attested = verify_asset_tag(token, keys, node_id)
-            except Refusal as refusal:
-                attested_error = refusal.message
+            attested, attested_error = self._verified_tag(node_id, token)
         try:
             observed = observe(peer, metadata, self._proxies, self._sites)
         except Refusal as refusal:
@@ -523,6 +523,58 @@ class Verifier:
             attested_error = attested_error or f"observed address: {refusal.message}"
         attributes = None if assigned is None else assigned.attributes
         return location_input(attributes, attested, attested_error, observed)
+
+    def _runtime_log(
+        self, node_id: str, raw: bytes | None, quoted: PcrValues
+    ) -> tuple[VerifiedRuntimeLog | None, EvidenceError | None]:
+        """The runtime log verified against the quoted runtime PCR.  The verdict depends
+        only on the log and that PCR's quoted values, so it is kept by them: a node
+        sends the same log with every quote until it measures something new."""
+        pcr = self._config.location.runtime_pcr
+        log = raw or b""
+        key = (
+            hashlib.sha256(log).digest(),
+            tuple((bank, values.get(pcr)) for bank, values in quoted.banks.items()),
+        )
+        known = self._runtime_logs.get(key)
+        if known is not None:
+            runtime, refusal = known
+            if refusal is not None:  # the refusal names the node it was made for
+                refusal = replace_node(refusal, node_id)
+            return runtime, refusal
+        try:
+            verdict: tuple[VerifiedRuntimeLog | None, EvidenceError | None] = (
+                verify_runtime_log(
+                    log,
+                    quoted.banks,
+                    pcr,
+                    node_id=node_id,
+                    max_bytes=self._config.location.max_runtime_log_bytes,
+                ),
+                None,
+            )
+        except EvidenceError as failure:
+            verdict = (None, failure)
+        self._runtime_logs.put(key, verdict, len(log) + 1)
+        return verdict
+
+    def _verified_tag(self, node_id: str, token: str) -> tuple[AssetTag | None, str | None]:
+        """The measured tag if this verifier signed it for this node, else why not.
+        Kept by (node, token, keys in force): a node measures one tag for many quotes."""
+        ring = self.references.keys
+        key = (node_id, token, ring.kids)
+        known = self._tags.get(key)
+        if known is not None:
+            return known
+        try:
+            verdict: tuple[AssetTag | None, str | None] = (
+                verify_asset_tag(token, ring.verification_keys(), node_id),
+                None,
+            )
+        except Refusal as refusal:
+            verdict = (None, refusal.message)
+        self._tags.put(key, verdict, 1)
+        return verdict
 
     def _signed(self, record: AttestationRecord, appraisal: Appraisal) -> AttestationRecord:
         """The record with the appraisal and its EAR, signed with the active key."""
@@ -566,6 +618,16 @@ class Verifier:
             return nonce
         first_use = transaction.spend_nonce(nonce, nonce_issued_at(value), now)
         return replace(nonce, used=not first_use)
+
+
+def replace_node(refusal: EvidenceError, node_id: str) -> EvidenceError:
+    """A kept refusal, naming the node it now refuses (the same evidence, sent by
+    another node, is refused for the same reason)."""
+    if refusal.node_id == node_id:
+        return refusal
+    copy = copy_module.copy(refusal)
+    copy.node_id = node_id
+    return copy
 
 
 def _outcome(record: AttestationRecord, result_id: int) -> AttestOutcome:

@@ -392,3 +392,55 @@ def _leaf(
         )
     )
     return cert_path, key_path
+
+
+def test_operators_change_golden_values_and_rotate_keys_through_the_admin_api(
+    make_swtpm: SwtpmFactory,
+    make_verifier: VerifierFactory,
+    make_agent: AgentFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    handle = _trusting_verifier(make_verifier, None)
+    agent = make_agent(make_swtpm(), handle)
+    agent.enroll()
+    before = agent.attest_once().result
+    address = f"127.0.0.1:{handle.running.admin_port}"
+    monkeypatch.setenv("LIGHTGATE_ADMIN_TOKEN", TOKEN)
+    runner = CliRunner()
+
+    golden = tmp_path / "tampered.yaml"
+    log = str(fixture_path("tampered-kernel"))
+    learned = runner.invoke(
+        app, ["golden", "learn", "--name", "tampered", "--log", log, "-o", str(golden)]
+    )
+    assert learned.exit_code == 0, learned.output
+    imported = runner.invoke(app, ["golden", "import", str(golden), "--admin", address])
+    assert imported.exit_code == 0, imported.output
+    names = {row.name for row in handle.running.store.golden_values()}
+    assert "tampered" in names
+
+    rotated = runner.invoke(app, ["admin", "rotate-key", "--admin", address])
+    assert rotated.exit_code == 0, rotated.output
+    keys = keys_of_jwks(_jwks(handle))
+    assert len(keys) == 2  # the new key signs; the old one still verifies what it signed
+    verify_result(before, keys, datetime.now(UTC))
+    after = agent.attest_once().result
+    assert (
+        json.loads(_b64decode(after.split(".")[0]))["kid"]
+        != json.loads(_b64decode(before.split(".")[0]))["kid"]
+    )
+
+    removed = runner.invoke(app, ["golden", "remove", "tampered", "--admin", address])
+    assert removed.exit_code == 0, removed.output
+    audit = runner.invoke(app, ["admin", "audit", "--admin", address, "--json"])
+    actions = [(e["actor"], e["action"]) for e in json.loads(audit.output)["entries"]]
+    assert actions == [
+        ("token:alice", "golden-import"),
+        ("token:alice", "rotate-key"),
+        ("token:alice", "golden-remove"),
+    ]
+    refused = CliRunner().invoke(
+        app, ["admin", "audit", "--admin", address], env={"LIGHTGATE_ADMIN_TOKEN": "wrong"}
+    )
+    assert refused.exit_code != 0 and "unauthenticated" in str(refused.exception)

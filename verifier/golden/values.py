@@ -53,6 +53,9 @@ class GoldenValues:
     name: str
     reference: Mapping[str, tuple[ClaimValue, ...]]
     provenance: Mapping[str, str] = field(default_factory=dict)
+    # Computed once when made: every attestation compares against them.
+    _digest: bytes = field(default=b"", init=False, repr=False, compare=False)
+    _valid_until: datetime | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_document(self) -> dict[str, object]:
         return {
@@ -67,12 +70,16 @@ class GoldenValues:
         }
 
     def __post_init__(self) -> None:
-        self.valid_until  # noqa: B018 - a bad date is refused when the values are made
+        # A bad date is refused when the values are made.
+        text = self.provenance.get(VALID_UNTIL)
+        object.__setattr__(self, "_valid_until", None if text is None else _instant(text))
+        reference = self.to_document()["reference"]
+        canonical = json.dumps(reference, sort_keys=True, separators=(",", ":"))
+        object.__setattr__(self, "_digest", hashlib.sha256(canonical.encode()).digest())
 
     @property
     def valid_until(self) -> datetime | None:
-        text = self.provenance.get(VALID_UNTIL)
-        return None if text is None else _instant(text)
+        return self._valid_until
 
     def expired(self, now: datetime) -> bool:
         """Past `valid-until` at `now` (a naive `now` is taken as UTC)."""
@@ -84,9 +91,7 @@ class GoldenValues:
     def digest(self) -> bytes:
         """SHA-256 of the canonical JSON of the reference (provenance excluded: the same
         values learned twice are the same golden values)."""
-        reference = self.to_document()["reference"]
-        canonical = json.dumps(reference, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).digest()
+        return self._digest
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 store = Store.open("sqlite:///var/lib/lightgate/verifier.db")  # migrates, then opens
 """
 
+from verifier.store.attestations import AttestationTransaction
 from verifier.store.errors import (
     ChallengeNotAnswered,
     EnrollmentNotPending,
@@ -24,7 +25,7 @@ from verifier.store.records import (
     SigningKeyRecord,
     TransitionRecord,
 )
-from verifier.store.store import AttestationTransaction, Store
+from verifier.store.store import Store
 
 __all__ = [
     "AppraisedEvidence",

@@ -133,6 +133,8 @@ class Node(Base):
     __table_args__ = (
         CheckConstraint(_one_of("state", NODE_STATES), name="state"),
         CheckConstraint(_one_of("trust_state", TRUST_STATES), name="trust_state"),
+        # The expiry sweep (every second) finds trust that lasted out by this.
+        Index(None, "trust_expires_at"),
         # The clock baseline is one TPMS_CLOCK_INFO: all of it or none of it.
         CheckConstraint(
             "(last_clock IS NULL AND last_reset_count IS NULL"

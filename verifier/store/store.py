@@ -13,21 +13,24 @@ the row spent it).
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import asdict
 from datetime import datetime
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
-from sqlalchemy import Connection, Executable, Update, delete, func, insert, or_, update
+from sqlalchemy import Connection, delete, func, insert, or_, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError
 
-from verifier.evidence.quote import NonceRecord
 from verifier.store import enrollment, queries
+from verifier.store.attestations import (
+    AttestationTransaction,
+    KnownDigests,
+    record_attestation,
+)
 from verifier.store.engine import WRITE, create_store_engine, is_sqlite_memory
 from verifier.store.errors import StoreInconsistent, UnknownNode
 from verifier.store.migrate import upgrade
@@ -43,8 +46,6 @@ from verifier.store.models import (
 from verifier.store.records import (
     RESULT_STATUSES,
     STATUS_AFFIRMING,
-    TRUST_LASTING,
-    TRUST_REVOKED,
     AttestationRecord,
     AuditRecord,
     EvidenceRecord,
@@ -52,10 +53,10 @@ from verifier.store.records import (
     NodeRecord,
     PendingEnrollment,
     ResultRecord,
-    TransitionRecord,
-    trust_after,
 )
 from verifier.store.trust import TrustRecords
+
+STORED_LOGS_REMEMBERED = 65536
 
 
 class Store(TrustRecords):
@@ -69,6 +70,9 @@ class Store(TrustRecords):
     def __init__(self, url: str | URL, pool_size: int = 5) -> None:
         self._engine = create_store_engine(url, pool_size)
         self._spend_nonce = queries.insert_ignoring_duplicates(self._engine.dialect.name, NONCES)
+        # SHA-256 of event logs this process saw committed: rows of event_logs are never
+        # deleted, so a node re-sending its boot's log costs no INSERT of its bytes.
+        self._stored_logs = KnownDigests(STORED_LOGS_REMEMBERED)
         # A private in-memory SQLite database is one connection shared by every thread;
         # transactions on it must not interleave.
         self._serial: AbstractContextManager[object] = (
@@ -235,7 +239,7 @@ class Store(TrustRecords):
         attestation without the quote's clock.
         """
         with self._write() as connection:
-            return _record_attestation(connection, attestation)
+            return record_attestation(connection, attestation)
 
     @contextmanager
     def attestation(self, node_id: str) -> Iterator[AttestationTransaction]:
@@ -245,7 +249,12 @@ class Store(TrustRecords):
         with self._write() as connection:
             row = connection.execute(queries.NODE_BY_ID_FOR_UPDATE, {"node_id": node_id}).first()
             node = None if row is None else queries.node_record(row._mapping)
-            yield AttestationTransaction(connection, node, self._spend_nonce)
+            transaction = AttestationTransaction(
+                connection, node, self._spend_nonce, self._stored_logs
+            )
+            yield transaction
+        # Committed: from now on this process need not send that log's bytes again.
+        self._stored_logs.update(transaction.logs_written)
 
     def results_for(self, node_id: str, limit: int = 50) -> list[ResultRecord]:
         """The node's newest `limit` results, newest first."""
@@ -334,181 +343,6 @@ class Store(TrustRecords):
             return dropped.rowcount == 1
 
 
-class AttestationTransaction:
-    """The store's side of one attestation, inside `Store.attestation`."""
-
-    def __init__(
-        self, connection: Connection, node: NodeRecord | None, spend_statement: Executable
-    ) -> None:
-        self._connection = connection
-        self._spend = spend_statement
-        self.node = node
-
-    def spend_nonce(self, nonce: NonceRecord, issued_at: datetime, now: datetime) -> bool:
-        """Record `nonce` (issued to this transaction's node) as spent; False when an
-        earlier attestation already spent it.  Decided by the nonces primary key, so of
-        concurrent spenders exactly one gets True."""
-        if nonce.node_id is None:
-            raise ValueError("only a nonce issued to this node can be spent by it")
-        spent = self._connection.execute(
-            self._spend,
-            {
-                "value": nonce.value,
-                "node_id": nonce.node_id,
-                "issued_at": issued_at,
-                "expires_at": nonce.expires_at,
-                "used_at": now,
-            },
-        )
-        return spent.first() is not None
-
-    def record(self, attestation: AttestationRecord) -> ResultRecord:
-        return _record_attestation(self._connection, attestation, self.node)
-
-
-def _record_attestation(
-    connection: Connection, attestation: AttestationRecord, node: NodeRecord | None = None
-) -> ResultRecord:
-    """Evidence, result, the node's new state and, when its trust changed, the
-    transition, in the caller's transaction.  `node` is the node as read in it."""
-    if node is None:
-        row = connection.execute(queries.TRUST_BY_NODE, {"node_id": attestation.node_id}).first()
-        if row is None:
-            raise UnknownNode(attestation.node_id)
-        before = _Trust(row.trust_state, row.trust_since, row.trust_reason)
-    else:
-        before = _Trust(node.trust_state, node.trust_since, node.trust_reason)
-    trust = trust_after(before.state, attestation.status)
-    node_update, node_values = _node_update(attestation, before, trust)
-    if connection.execute(node_update, node_values).rowcount != 1:
-        raise UnknownNode(attestation.node_id)
-    event_log_sha256 = _store_event_log(connection, attestation)
-    evidence_id = queries.insert_id(
-        connection,
-        queries.INSERT_EVIDENCE,
-        {
-            "node_id": attestation.node_id,
-            "received_at": attestation.received_at,
-            "nonce": attestation.nonce,
-            "quote_message": attestation.quote_message,
-            "quote_signature": attestation.quote_signature,
-            "pcr_values": attestation.pcr_values,
-            "peer": attestation.peer,
-            "event_log_sha256": event_log_sha256,
-            "runtime_log": attestation.runtime_log,
-        },
-    )
-    result_id = queries.insert_id(
-        connection,
-        queries.INSERT_RESULT,
-        {
-            "node_id": attestation.node_id,
-            "evidence_id": evidence_id,
-            "status": attestation.status,
-            "failed_checks": list(attestation.failed_checks),
-            "reason": attestation.reason,
-            "rebooted": attestation.rebooted,
-            "created_at": attestation.received_at,
-            "findings": list(attestation.findings),
-            "workarounds": list(attestation.workarounds),
-            "claims": attestation.claims,
-            "trust_vector": attestation.trust_vector,
-            "policy_id": attestation.policy_id,
-            "ear": attestation.ear,
-            "expires_at": attestation.expires_at,
-            "evidence_digest": attestation.evidence_digest,
-            "appraisal_input": attestation.appraisal_input,
-        },
-    )
-    if trust != before.state:
-        queries.insert_transition(
-            connection,
-            TransitionRecord(
-                node_id=attestation.node_id,
-                at=attestation.received_at,
-                from_state=before.state,
-                to_state=trust,
-                reason=attestation.reason or attestation.status,
-                actor="verifier",
-                evidence_digest=attestation.evidence_digest,
-                result_id=result_id,
-            ),
-        )
-    return ResultRecord(
-        id=result_id,
-        node_id=attestation.node_id,
-        evidence_id=evidence_id,
-        status=attestation.status,
-        failed_checks=tuple(attestation.failed_checks),
-        reason=attestation.reason,
-        rebooted=attestation.rebooted,
-        created_at=attestation.received_at,
-        findings=tuple(attestation.findings),
-        workarounds=tuple(attestation.workarounds),
-        trust_vector=attestation.trust_vector,
-        policy_id=attestation.policy_id,
-        ear=attestation.ear,
-        expires_at=attestation.expires_at,
-        evidence_digest=attestation.evidence_digest,
-    )
-
-
-def _store_event_log(connection: Connection, attestation: AttestationRecord) -> bytes | None:
-    """Store the attestation's event log unless a node sent the same log before (a node
-    re-attesting within one boot sends the same bytes); returns its SHA-256."""
-    if attestation.event_log is None:
-        return None
-    sha256 = hashlib.sha256(attestation.event_log).digest()
-    connection.execute(
-        queries.insert_event_log(connection.dialect.name),
-        {
-            "sha256": sha256,
-            "content": attestation.event_log,
-            "size": len(attestation.event_log),
-            "first_seen": attestation.received_at,
-        },
-    )
-    return sha256
-
-
 def _get_node(connection: Connection, node_id: str) -> NodeRecord | None:
     row = connection.execute(queries.NODE_BY_ID, {"node_id": node_id}).first()
     return None if row is None else queries.node_record(row._mapping)
-
-
-class _Trust(NamedTuple):
-    state: str
-    since: datetime | None
-    reason: str | None
-
-
-def _node_update(
-    attestation: AttestationRecord, before: _Trust, trust: str
-) -> tuple[Update, dict[str, Any]]:
-    """The UPDATE of the node after `attestation`, and its parameters."""
-    changed = trust != before.state
-    values: dict[str, Any] = {
-        "where_node_id": attestation.node_id,
-        "last_attested_at": attestation.received_at,
-        "last_status": attestation.status,
-        "trust_state": trust,
-        "trust_since": attestation.received_at if changed else before.since,
-        # A revoked node keeps the reason it was revoked for.
-        "trust_reason": before.reason if trust == TRUST_REVOKED else attestation.reason,
-        "trust_expires_at": attestation.expires_at if trust in TRUST_LASTING else None,
-        "last_peer": attestation.peer[:255],
-        "last_site": attestation.site,
-    }
-    if attestation.status != STATUS_AFFIRMING:
-        return queries.NOTE_ATTESTATION, values
-    clock = attestation.clock
-    if clock is None:
-        raise ValueError(f"affirming attestation of node {attestation.node_id!r} has no clock")
-    values |= {
-        "last_clock": clock.clock,
-        "last_reset_count": clock.reset_count,
-        "last_restart_count": clock.restart_count,
-        "last_clock_safe": clock.safe,
-        "reboots_added": int(attestation.rebooted),
-    }
-    return queries.NOTE_AFFIRMING_ATTESTATION, values

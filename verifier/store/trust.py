@@ -61,6 +61,16 @@ _LASTED_OUT = (
     )
     .with_for_update(of=NODES)
 )
+_LASTED_OUT_ANY = (
+    select(NODES.c.node_id)
+    .where(
+        and_(
+            NODES.c.trust_state.in_(TRUST_LASTING),
+            NODES.c.trust_expires_at <= bindparam("now"),
+        )
+    )
+    .limit(1)
+)
 _TRUST_OF = select(NODES.c.trust_state).where(NODES.c.node_id == bindparam("node_id"))
 
 
@@ -80,6 +90,11 @@ class TrustRecords:
         returns the transitions.  Nodes locked while they move, so an attestation that
         commits first keeps its node trusted."""
         expired: list[TransitionRecord] = []
+        # Looked for first without a write transaction: the sweep runs every second,
+        # and on SQLite a write transaction would hold the database's one write lock.
+        with self._read() as connection:
+            if connection.execute(_LASTED_OUT_ANY, {"now": now}).first() is None:
+                return expired
         with self._write() as connection:
             for row in connection.execute(_LASTED_OUT, {"now": now}).all():
                 until = row.trust_expires_at.isoformat()

@@ -38,6 +38,7 @@ def upgrade() -> None:
     op.add_column("nodes", sa.Column("trust_reason", sa.Text(), nullable=True))
     op.add_column("nodes", sa.Column("last_peer", sa.String(length=255), nullable=True))
     op.add_column("nodes", sa.Column("last_site", sa.String(length=255), nullable=True))
+    op.create_index(op.f("ix_nodes_trust_expires_at"), "nodes", ["trust_expires_at"])
     op.add_column("evidence", sa.Column("runtime_log", sa.LargeBinary(), nullable=True))
     op.add_column("results", sa.Column("trust_vector", sa.JSON(), nullable=True))
     op.add_column("results", sa.Column("policy_id", sa.Text(), nullable=True))
@@ -117,6 +118,7 @@ def downgrade() -> None:
         op.drop_column("results", column)
     op.drop_column("results", "trust_vector")
     op.drop_column("evidence", "runtime_log")
+    op.drop_index(op.f("ix_nodes_trust_expires_at"), table_name="nodes")
     for column in ("last_site", "last_peer", "trust_reason", "trust_expires_at", "trust_since"):
         op.drop_column("nodes", column)
     # Both backends drop the column's CHECK constraint with it.

@@ -1,0 +1,241 @@
+"""One attestation's writes: evidence, result, the node's new state and its trust
+transition, in the transaction `Store.attestation` (or `record_attestation`) opened.
+
+Apart from store.py by concern: this is the verifier's hot path, written with
+prepared Core statements (`queries.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Container, Iterable
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import Connection, Executable, Update
+
+from verifier.evidence.quote import NonceRecord
+from verifier.store import queries
+from verifier.store.errors import UnknownNode
+from verifier.store.records import (
+    STATUS_AFFIRMING,
+    TRUST_LASTING,
+    TRUST_REVOKED,
+    AttestationRecord,
+    NodeRecord,
+    ResultRecord,
+    TransitionRecord,
+    trust_after,
+)
+
+
+class AttestationTransaction:
+    """The store's side of one attestation, inside `Store.attestation`."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        node: NodeRecord | None,
+        spend_statement: Executable,
+        stored_logs: Container[bytes] = frozenset(),
+    ) -> None:
+        self._connection = connection
+        self._spend = spend_statement
+        self._stored_logs = stored_logs
+        self.node = node
+        self.logs_written: list[bytes] = []
+
+    def spend_nonce(self, nonce: NonceRecord, issued_at: datetime, now: datetime) -> bool:
+        """Record `nonce` (issued to this transaction's node) as spent; False when an
+        earlier attestation already spent it.  Decided by the nonces primary key, so of
+        concurrent spenders exactly one gets True."""
+        if nonce.node_id is None:
+            raise ValueError("only a nonce issued to this node can be spent by it")
+        spent = self._connection.execute(
+            self._spend,
+            {
+                "value": nonce.value,
+                "node_id": nonce.node_id,
+                "issued_at": issued_at,
+                "expires_at": nonce.expires_at,
+                "used_at": now,
+            },
+        )
+        return spent.first() is not None
+
+    def record(self, attestation: AttestationRecord) -> ResultRecord:
+        return record_attestation(
+            self._connection, attestation, self.node, self._stored_logs, self.logs_written
+        )
+
+
+def record_attestation(
+    connection: Connection,
+    attestation: AttestationRecord,
+    node: NodeRecord | None = None,
+    stored_logs: Container[bytes] = frozenset(),
+    logs_written: list[bytes] | None = None,
+) -> ResultRecord:
+    """Evidence, result, the node's new state and, when its trust changed, the
+    transition, in the caller's transaction.  `node` is the node as read in it."""
+    if node is None:
+        row = connection.execute(queries.TRUST_BY_NODE, {"node_id": attestation.node_id}).first()
+        if row is None:
+            raise UnknownNode(attestation.node_id)
+        before = _Trust(row.trust_state, row.trust_since, row.trust_reason)
+    else:
+        before = _Trust(node.trust_state, node.trust_since, node.trust_reason)
+    trust = trust_after(before.state, attestation.status)
+    node_update, node_values = _node_update(attestation, before, trust)
+    if connection.execute(node_update, node_values).rowcount != 1:
+        raise UnknownNode(attestation.node_id)
+    event_log_sha256 = _store_event_log(connection, attestation, stored_logs)
+    if event_log_sha256 is not None and logs_written is not None:
+        logs_written.append(event_log_sha256)
+    evidence_id = queries.insert_id(
+        connection,
+        queries.INSERT_EVIDENCE,
+        {
+            "node_id": attestation.node_id,
+            "received_at": attestation.received_at,
+            "nonce": attestation.nonce,
+            "quote_message": attestation.quote_message,
+            "quote_signature": attestation.quote_signature,
+            "pcr_values": attestation.pcr_values,
+            "peer": attestation.peer,
+            "event_log_sha256": event_log_sha256,
+            "runtime_log": attestation.runtime_log,
+        },
+    )
+    result_id = queries.insert_id(
+        connection,
+        queries.INSERT_RESULT,
+        {
+            "node_id": attestation.node_id,
+            "evidence_id": evidence_id,
+            "status": attestation.status,
+            "failed_checks": list(attestation.failed_checks),
+            "reason": attestation.reason,
+            "rebooted": attestation.rebooted,
+            "created_at": attestation.received_at,
+            "findings": list(attestation.findings),
+            "workarounds": list(attestation.workarounds),
+            "claims": attestation.claims,
+            "trust_vector": attestation.trust_vector,
+            "policy_id": attestation.policy_id,
+            "ear": attestation.ear,
+            "expires_at": attestation.expires_at,
+            "evidence_digest": attestation.evidence_digest,
+            "appraisal_input": attestation.appraisal_input,
+        },
+    )
+    if trust != before.state:
+        queries.insert_transition(
+            connection,
+            TransitionRecord(
+                node_id=attestation.node_id,
+                at=attestation.received_at,
+                from_state=before.state,
+                to_state=trust,
+                reason=attestation.reason or attestation.status,
+                actor="verifier",
+                evidence_digest=attestation.evidence_digest,
+                result_id=result_id,
+            ),
+        )
+    return ResultRecord(
+        id=result_id,
+        node_id=attestation.node_id,
+        evidence_id=evidence_id,
+        status=attestation.status,
+        failed_checks=tuple(attestation.failed_checks),
+        reason=attestation.reason,
+        rebooted=attestation.rebooted,
+        created_at=attestation.received_at,
+        findings=tuple(attestation.findings),
+        workarounds=tuple(attestation.workarounds),
+        trust_vector=attestation.trust_vector,
+        policy_id=attestation.policy_id,
+        ear=attestation.ear,
+        expires_at=attestation.expires_at,
+        evidence_digest=attestation.evidence_digest,
+    )
+
+
+def _store_event_log(
+    connection: Connection, attestation: AttestationRecord, stored: Container[bytes]
+) -> bytes | None:
+    """Store the attestation's event log unless a node sent the same log before (a node
+    re-attesting within one boot sends the same bytes); returns its SHA-256."""
+    if attestation.event_log is None:
+        return None
+    sha256 = hashlib.sha256(attestation.event_log).digest()
+    if sha256 in stored:
+        return sha256
+    connection.execute(
+        queries.insert_event_log(connection.dialect.name),
+        {
+            "sha256": sha256,
+            "content": attestation.event_log,
+            "size": len(attestation.event_log),
+            "first_seen": attestation.received_at,
+        },
+    )
+    return sha256
+
+
+class KnownDigests:
+    """A bounded, thread-safe set of digests (forgets them all when full)."""
+
+    def __init__(self, most: int) -> None:
+        self._most = most
+        self._digests: set[bytes] = set()
+        self._lock = threading.Lock()
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self._digests
+
+    def update(self, digests: Iterable[bytes]) -> None:
+        with self._lock:
+            if len(self._digests) >= self._most:
+                self._digests.clear()
+            self._digests.update(digests)
+
+
+class _Trust(NamedTuple):
+    state: str
+    since: datetime | None
+    reason: str | None
+
+
+def _node_update(
+    attestation: AttestationRecord, before: _Trust, trust: str
+) -> tuple[Update, dict[str, Any]]:
+    """The UPDATE of the node after `attestation`, and its parameters."""
+    changed = trust != before.state
+    values: dict[str, Any] = {
+        "where_node_id": attestation.node_id,
+        "last_attested_at": attestation.received_at,
+        "last_status": attestation.status,
+        "trust_state": trust,
+        "trust_since": attestation.received_at if changed else before.since,
+        # A revoked node keeps the reason it was revoked for.
+        "trust_reason": before.reason if trust == TRUST_REVOKED else attestation.reason,
+        "trust_expires_at": attestation.expires_at if trust in TRUST_LASTING else None,
+        "last_peer": attestation.peer[:255],
+        "last_site": attestation.site,
+    }
+    if attestation.status != STATUS_AFFIRMING:
+        return queries.NOTE_ATTESTATION, values
+    clock = attestation.clock
+    if clock is None:
+        raise ValueError(f"affirming attestation of node {attestation.node_id!r} has no clock")
+    values |= {
+        "last_clock": clock.clock,
+        "last_reset_count": clock.reset_count,
+        "last_restart_count": clock.restart_count,
+        "last_clock_safe": clock.safe,
+        "reboots_added": int(attestation.rebooted),
+    }
+    return queries.NOTE_AFFIRMING_ATTESTATION, values
