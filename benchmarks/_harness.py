@@ -123,7 +123,7 @@ def time_calls(
     if collect:
         gc.collect()
     clock = time.perf_counter_ns
-    samples = []
+    samples: list[int] = []
     append = samples.append
     for args in args_list:
         start = clock()

@@ -86,7 +86,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _harness as h
 import grpc
 
-import verifier.service as service_module
+import verifier.appraiser as appraiser_module
 from attestor.agent import Agent
 from attestor.tpm import Tpm
 from lightgate.config import (
@@ -195,10 +195,9 @@ class Backend:
         self.outcomes.append(outcome)
 
     def fresh_caches(self) -> None:
-        """Nothing the next attestation could reuse: a new BootAppraiser (built as
-        Verifier.__init__ builds it) and an empty decision memo."""
-        self.verifier._boot = new_appraiser(self.config)
-        self.verifier.references.policy.clear()
+        """Nothing the next attestation could reuse: parsed logs, claims, golden
+        outcomes, verified tags, runtime-log verdicts and the decision memo forgotten."""
+        self.verifier.forget_cached()
 
     def evidence(self, count: int) -> list[Evidence]:
         """`count` quotes, each over its own fresh nonce (the node's work, not timed)."""
@@ -384,7 +383,7 @@ def capture_decide(backend: Backend, evidence: Evidence) -> Captured:
         seen.append(Captured(engine, partial, boot, site))
         return decide(engine, partial, boot, site)
 
-    with mock.patch.object(service_module, "decide", spy):
+    with mock.patch.object(appraiser_module, "decide", spy):
         backend.attest(evidence)
     if not seen:
         raise BenchmarkFailure("the verifier did not consult the policy (no decide call)")

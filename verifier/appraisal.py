@@ -116,6 +116,11 @@ class BootAppraiser:
             cache_entries, cache_entries
         )
 
+    def clear(self) -> None:
+        """Forget every parsed log, claims and golden-values outcome."""
+        for cache in (self._parsed, self._claims, self._outcomes):
+            cache.clear()
+
     def appraise(
         self,
         node_id: str,
@@ -236,6 +241,11 @@ class BoundedCache(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._total = 0
 
     def get(self, key: K) -> V | None:
         with self._lock:
