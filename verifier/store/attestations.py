@@ -1,8 +1,8 @@
 """One attestation's writes: evidence, result, the node's new state and its trust
 transition, in the transaction `Store.attestation` (or `record_attestation`) opened.
 
-Apart from store.py by concern: this is the verifier's hot path, written with
-prepared Core statements (`queries.py`).
+Apart from store.py by concern: this is the verifier's hot path, written as DB-API
+statements (`driver.py` says why and how).
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from collections.abc import Container, Iterable
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Executable, Update
+from sqlalchemy import Connection
 
 from verifier.evidence.quote import NonceRecord
 from verifier.store import queries
-from verifier.store.errors import UnknownNode
+from verifier.store.driver import Writes
+from verifier.store.errors import StoreInconsistent, UnknownNode
 from verifier.store.records import (
     STATUS_AFFIRMING,
     TRUST_LASTING,
@@ -25,7 +26,6 @@ from verifier.store.records import (
     AttestationRecord,
     NodeRecord,
     ResultRecord,
-    TransitionRecord,
     trust_after,
 )
 
@@ -37,11 +37,11 @@ class AttestationTransaction:
         self,
         connection: Connection,
         node: NodeRecord | None,
-        spend_statement: Executable,
+        writes: Writes,
         stored_logs: Container[bytes] = frozenset(),
     ) -> None:
         self._connection = connection
-        self._spend = spend_statement
+        self._writes = writes
         self._stored_logs = stored_logs
         self.node = node
         self.logs_written: list[bytes] = []
@@ -52,26 +52,34 @@ class AttestationTransaction:
         concurrent spenders exactly one gets True."""
         if nonce.node_id is None:
             raise ValueError("only a nonce issued to this node can be spent by it")
-        spent = self._connection.execute(
-            self._spend,
+        w = self._writes
+        spent = w.first_column(
+            self._connection,
+            "spend_nonce",
             {
                 "value": nonce.value,
                 "node_id": nonce.node_id,
-                "issued_at": issued_at,
-                "expires_at": nonce.expires_at,
-                "used_at": now,
+                "issued_at": w.time(issued_at),
+                "expires_at": w.time(nonce.expires_at),
+                "used_at": w.time(now),
             },
         )
-        return spent.first() is not None
+        return spent is not None
 
     def record(self, attestation: AttestationRecord) -> ResultRecord:
         return record_attestation(
-            self._connection, attestation, self.node, self._stored_logs, self.logs_written
+            self._connection,
+            self._writes,
+            attestation,
+            self.node,
+            self._stored_logs,
+            self.logs_written,
         )
 
 
 def record_attestation(
     connection: Connection,
+    writes: Writes,
     attestation: AttestationRecord,
     node: NodeRecord | None = None,
     stored_logs: Container[bytes] = frozenset(),
@@ -87,67 +95,71 @@ def record_attestation(
     else:
         before = _Trust(node.trust_state, node.trust_since, node.trust_reason)
     trust = trust_after(before.state, attestation.status)
-    node_update, node_values = _node_update(attestation, before, trust)
-    if connection.execute(node_update, node_values).rowcount != 1:
+    statement, node_values = _node_update(writes, attestation, before, trust)
+    if writes.run(connection, statement, node_values).rowcount != 1:
         raise UnknownNode(attestation.node_id)
-    event_log_sha256 = _store_event_log(connection, attestation, stored_logs)
+    event_log_sha256 = _store_event_log(connection, writes, attestation, stored_logs)
     if event_log_sha256 is not None and logs_written is not None:
         logs_written.append(event_log_sha256)
-    evidence_id = queries.insert_id(
+    w, received_at = writes, writes.time(attestation.received_at)
+    evidence_id = w.first_column(
         connection,
-        queries.INSERT_EVIDENCE,
+        "evidence",
         {
             "node_id": attestation.node_id,
-            "received_at": attestation.received_at,
+            "received_at": received_at,
             "nonce": attestation.nonce,
             "quote_message": attestation.quote_message,
             "quote_signature": attestation.quote_signature,
-            "pcr_values": attestation.pcr_values,
+            "pcr_values": w.json(attestation.pcr_values),
             "peer": attestation.peer,
             "event_log_sha256": event_log_sha256,
             "runtime_log": attestation.runtime_log,
         },
     )
-    result_id = queries.insert_id(
+    result_id = w.first_column(
         connection,
-        queries.INSERT_RESULT,
+        "result",
         {
             "node_id": attestation.node_id,
             "evidence_id": evidence_id,
             "status": attestation.status,
-            "failed_checks": list(attestation.failed_checks),
+            "failed_checks": w.json(list(attestation.failed_checks)),
             "reason": attestation.reason,
-            "rebooted": attestation.rebooted,
-            "created_at": attestation.received_at,
-            "findings": list(attestation.findings),
-            "workarounds": list(attestation.workarounds),
-            "claims": attestation.claims,
-            "trust_vector": attestation.trust_vector,
+            "rebooted": w.boolean(attestation.rebooted),
+            "created_at": received_at,
+            "findings": w.jsonb(list(attestation.findings)),
+            "workarounds": w.jsonb(list(attestation.workarounds)),
+            "claims": w.json(attestation.claims),
+            "trust_vector": w.json(attestation.trust_vector),
             "policy_id": attestation.policy_id,
             "ear": attestation.ear,
-            "expires_at": attestation.expires_at,
+            "expires_at": w.time(attestation.expires_at),
             "evidence_digest": attestation.evidence_digest,
-            "appraisal_input": attestation.appraisal_input,
+            "appraisal_input": w.json(attestation.appraisal_input),
         },
     )
+    if evidence_id is None or result_id is None:
+        raise StoreInconsistent("INSERT returned no primary key")
     if trust != before.state:
-        queries.insert_transition(
+        w.run(
             connection,
-            TransitionRecord(
-                node_id=attestation.node_id,
-                at=attestation.received_at,
-                from_state=before.state,
-                to_state=trust,
-                reason=attestation.reason or attestation.status,
-                actor="verifier",
-                evidence_digest=attestation.evidence_digest,
-                result_id=result_id,
-            ),
+            "transition",
+            {
+                "node_id": attestation.node_id,
+                "at": received_at,
+                "from_state": before.state,
+                "to_state": trust,
+                "reason": attestation.reason or attestation.status,
+                "evidence_digest": attestation.evidence_digest,
+                "result_id": result_id,
+                "actor": "verifier",
+            },
         )
     return ResultRecord(
-        id=result_id,
+        id=int(result_id),
         node_id=attestation.node_id,
-        evidence_id=evidence_id,
+        evidence_id=int(evidence_id),
         status=attestation.status,
         failed_checks=tuple(attestation.failed_checks),
         reason=attestation.reason,
@@ -164,7 +176,10 @@ def record_attestation(
 
 
 def _store_event_log(
-    connection: Connection, attestation: AttestationRecord, stored: Container[bytes]
+    connection: Connection,
+    writes: Writes,
+    attestation: AttestationRecord,
+    stored: Container[bytes],
 ) -> bytes | None:
     """Store the attestation's event log unless a node sent the same log before (a node
     re-attesting within one boot sends the same bytes); returns its SHA-256."""
@@ -173,13 +188,14 @@ def _store_event_log(
     sha256 = hashlib.sha256(attestation.event_log).digest()
     if sha256 in stored:
         return sha256
-    connection.execute(
-        queries.insert_event_log(connection.dialect.name),
+    writes.run(
+        connection,
+        "event_log",
         {
             "sha256": sha256,
             "content": attestation.event_log,
             "size": len(attestation.event_log),
-            "first_seen": attestation.received_at,
+            "first_seen": writes.time(attestation.received_at),
         },
     )
     return sha256
@@ -210,32 +226,33 @@ class _Trust(NamedTuple):
 
 
 def _node_update(
-    attestation: AttestationRecord, before: _Trust, trust: str
-) -> tuple[Update, dict[str, Any]]:
-    """The UPDATE of the node after `attestation`, and its parameters."""
+    writes: Writes, attestation: AttestationRecord, before: _Trust, trust: str
+) -> tuple[str, dict[str, Any]]:
+    """The UPDATE of the node after `attestation` (its name), and its parameters."""
     changed = trust != before.state
+    w = writes
     values: dict[str, Any] = {
         "where_node_id": attestation.node_id,
-        "last_attested_at": attestation.received_at,
+        "last_attested_at": w.time(attestation.received_at),
         "last_status": attestation.status,
         "trust_state": trust,
-        "trust_since": attestation.received_at if changed else before.since,
+        "trust_since": w.time(attestation.received_at if changed else before.since),
         # A revoked node keeps the reason it was revoked for.
         "trust_reason": before.reason if trust == TRUST_REVOKED else attestation.reason,
-        "trust_expires_at": attestation.expires_at if trust in TRUST_LASTING else None,
+        "trust_expires_at": w.time(attestation.expires_at if trust in TRUST_LASTING else None),
         "last_peer": attestation.peer[:255],
         "last_site": attestation.site,
     }
     if attestation.status != STATUS_AFFIRMING:
-        return queries.NOTE_ATTESTATION, values
+        return "note", values
     clock = attestation.clock
     if clock is None:
         raise ValueError(f"affirming attestation of node {attestation.node_id!r} has no clock")
     values |= {
-        "last_clock": clock.clock,
+        "last_clock": w.uint64(clock.clock),
         "last_reset_count": clock.reset_count,
         "last_restart_count": clock.restart_count,
-        "last_clock_safe": clock.safe,
+        "last_clock_safe": w.boolean(clock.safe),
         "reboots_added": int(attestation.rebooted),
     }
-    return queries.NOTE_AFFIRMING_ATTESTATION, values
+    return "note_affirming", values

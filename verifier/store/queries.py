@@ -1,10 +1,9 @@
 """Core statements over the store's tables, and rows turned into records.
 
-The statements the attestation path runs (nonces, node state, evidence, results) are
-built once here with bind parameters and executed with a parameter dict: SQLAlchemy then
-reuses the compiled statement without re-deriving a cache key from the values (with
-`.values(**literal)`, that derivation cost more than the SQL on SQLite).  Bind
-parameters in WHERE clauses are prefixed `where_`, as SET/VALUES reserve column names.
+Statements are built once here with bind parameters and executed with a parameter
+dict: SQLAlchemy then reuses the compiled statement without re-deriving a cache key
+from the values (with `.values(**literal)`, that derivation cost more than the SQL on
+SQLite).  The attestation's own writes are DB-API statements (`driver.py`).
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from sqlalchemy import (
     bindparam,
     insert,
     select,
-    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
@@ -217,12 +215,6 @@ def insert_or_replace(dialect: str, table: Table) -> Executable:
 
 # Built once per dialect, like the statements above (see the module docstring).
 @cache
-def insert_event_log(dialect: str) -> Executable:
-    """Stores an event log unless a log with its SHA-256 is stored already."""
-    return insert_ignoring_duplicates(dialect, EVENT_LOGS)
-
-
-@cache
 def put_golden_values(dialect: str) -> Executable:
     """Stores golden values under their name, replacing any stored under it."""
     return insert_or_replace(dialect, GOLDEN_VALUES)
@@ -234,41 +226,11 @@ def put_asset_tag(dialect: str) -> Executable:
     return insert_or_replace(dialect, ASSET_TAGS)
 
 
-# The node after an attestation: an affirming one also moves the clock baseline.
-_NODE_WHERE = NODES.c.node_id == bindparam("where_node_id")
-_NOTE_TRUST: dict[str, Any] = {
-    "last_attested_at": bindparam("last_attested_at"),
-    "last_status": bindparam("last_status"),
-    "trust_state": bindparam("trust_state"),
-    "trust_since": bindparam("trust_since"),
-    "trust_expires_at": bindparam("trust_expires_at"),
-    "trust_reason": bindparam("trust_reason"),
-    "last_peer": bindparam("last_peer"),
-    "last_site": bindparam("last_site"),
-}
-NOTE_ATTESTATION = update(NODES).where(_NODE_WHERE).values(**_NOTE_TRUST)
-NOTE_AFFIRMING_ATTESTATION = (
-    update(NODES)
-    .where(_NODE_WHERE)
-    .values(
-        **_NOTE_TRUST,
-        last_clock=bindparam("last_clock"),
-        last_reset_count=bindparam("last_reset_count"),
-        last_restart_count=bindparam("last_restart_count"),
-        last_clock_safe=bindparam("last_clock_safe"),
-        # Added in SQL, so concurrent attestations of one node each count.
-        reboots=NODES.c.reboots + bindparam("reboots_added", type_=Integer),
-    )
-)
 INSERT_TRANSITION = insert(TRUST_TRANSITIONS)
 
 
 def insert_transition(connection: Connection, transition: TransitionRecord) -> None:
     connection.execute(INSERT_TRANSITION, asdict(transition))
-
-
-INSERT_EVIDENCE = insert(EVIDENCE)
-INSERT_RESULT = insert(RESULTS)
 
 
 def node_record(row: RowMapping) -> NodeRecord:

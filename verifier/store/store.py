@@ -31,6 +31,7 @@ from verifier.store.attestations import (
     KnownDigests,
     record_attestation,
 )
+from verifier.store.driver import Writes
 from verifier.store.engine import WRITE, create_store_engine, is_sqlite_memory
 from verifier.store.errors import StoreInconsistent, UnknownNode
 from verifier.store.migrate import upgrade
@@ -69,7 +70,7 @@ class Store(TrustRecords):
 
     def __init__(self, url: str | URL, pool_size: int = 5) -> None:
         self._engine = create_store_engine(url, pool_size)
-        self._spend_nonce = queries.insert_ignoring_duplicates(self._engine.dialect.name, NONCES)
+        self._writes = Writes(self._engine.dialect.name)
         # SHA-256 of event logs this process saw committed: rows of event_logs are never
         # deleted, so a node re-sending its boot's log costs no INSERT of its bytes.
         self._stored_logs = KnownDigests(STORED_LOGS_REMEMBERED)
@@ -239,7 +240,7 @@ class Store(TrustRecords):
         attestation without the quote's clock.
         """
         with self._write() as connection:
-            return record_attestation(connection, attestation)
+            return record_attestation(connection, self._writes, attestation)
 
     @contextmanager
     def attestation(self, node_id: str) -> Iterator[AttestationTransaction]:
@@ -249,9 +250,7 @@ class Store(TrustRecords):
         with self._write() as connection:
             row = connection.execute(queries.NODE_BY_ID_FOR_UPDATE, {"node_id": node_id}).first()
             node = None if row is None else queries.node_record(row._mapping)
-            transaction = AttestationTransaction(
-                connection, node, self._spend_nonce, self._stored_logs
-            )
+            transaction = AttestationTransaction(connection, node, self._writes, self._stored_logs)
             yield transaction
         # Committed: from now on this process need not send that log's bytes again.
         self._stored_logs.update(transaction.logs_written)
