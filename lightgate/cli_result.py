@@ -182,7 +182,7 @@ def _document(result: AttestationResult) -> dict[str, object]:
 
 
 def _print(result: AttestationResult, label: str) -> None:
-    from verifier.results import TRUST_CLAIMS, tier_of
+    from verifier.ar4si import TRUST_CLAIMS, tier_of
 
     out.print(f"{label}: node {result.node_id} is {result.status}", highlight=False)
     out.print(f"policy: {result.policy_id or '(none)'}", highlight=False)

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Final, Generic, TypeVar
 
 from lightgate.errors import Refusal
+from verifier.ar4si import TRUST_CLAIMS
 from verifier.evidence.claim_names import claims_json
 from verifier.evidence.claim_types import BootClaims
 from verifier.evidence.claims import claims_of
@@ -38,7 +39,8 @@ from verifier.evidence.quote import PcrValues
 from verifier.evidence.runtime_log import VerifiedRuntimeLog
 from verifier.evidence.tpm_structures import HashAlg
 from verifier.golden.values import GoldenOutcome, GoldenValues, appraise
-from verifier.policy import MemoisedEngine, PolicyError
+from verifier.policy.errors import PolicyError
+from verifier.policy.memo import MemoisedEngine
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -112,8 +114,8 @@ class BootAppraiser:
         self._claims: BoundedCache[ClaimsKey, _Claims] = BoundedCache(
             cache_entries, cache_log_bytes
         )
-        self._outcomes: BoundedCache[tuple[bytes, tuple[bytes, ...]], GoldenOutcome] = BoundedCache(
-            cache_entries, cache_entries
+        self._outcomes: BoundedCache[tuple[bytes, tuple[tuple[str, bytes], ...]], GoldenOutcome] = (
+            BoundedCache(cache_entries, cache_entries)
         )
 
     def clear(self) -> None:
@@ -174,7 +176,7 @@ class BootAppraiser:
         moment = now or datetime.now(UTC)
         active = [g for g in golden if not g.expired(moment)]
         # The comparison depends only on the claims and the documents in force.
-        outcome_key = (cached.identity, tuple(g.digest for g in active))
+        outcome_key = (cached.identity, tuple((g.name, g.digest) for g in active))
         outcome = self._outcomes.get(outcome_key)
         if outcome is None:
             outcome = appraise(claims, active)
@@ -289,16 +291,6 @@ EVIDENCE_REFUSED: Final = 99
 CONTRAINDICATED_VALUE: Final = 96
 #: AR4SI -1: verifier malfunction (the verifier could not appraise: no policy decision).
 VERIFIER_MALFUNCTION: Final = -1
-TRUST_CLAIM_NAMES: Final = (
-    "instance-identity",
-    "configuration",
-    "executables",
-    "file-system",
-    "hardware",
-    "runtime-opaque",
-    "storage-opaque",
-    "sourced-data",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +324,7 @@ class Appraisal:
 
 def refused_evidence(failures: Sequence[Refusal], policy_id: str | None = None) -> Appraisal:
     """Evidence that failed a check: contraindicated, no policy consulted."""
-    vector = dict.fromkeys(TRUST_CLAIM_NAMES, 0)
+    vector = dict.fromkeys(TRUST_CLAIMS, 0)
     reasons: dict[str, list[str]] = {}
     for failure in failures:
         claim = EVIDENCE_CHECK_CLAIMS.get(failure.check, "instance-identity")
@@ -414,7 +406,7 @@ def decide(
     try:
         decision = engine.evaluate(full, digest)
     except PolicyError as failure:
-        vector = dict.fromkeys(TRUST_CLAIM_NAMES, VERIFIER_MALFUNCTION)
+        vector = dict.fromkeys(TRUST_CLAIMS, VERIFIER_MALFUNCTION)
         return Appraisal(
             status="none",
             trust_vector=vector,

@@ -30,10 +30,13 @@ from verifier.appraisal import (
     refused_evidence,
     revoked_by_operator,
 )
+from verifier.ar4si import StatusName
+from verifier.enrollment import Endorsement
 from verifier.evidence.errors import EvidenceError
 from verifier.evidence.quote import PcrValues, VerifiedQuote
 from verifier.evidence.runtime_log import VerifiedRuntimeLog, verify_runtime_log
 from verifier.evidence.tpm_structures import HashAlg
+from verifier.keyring import KeyRing
 from verifier.location import (
     AssetTag,
     ObservedLocation,
@@ -43,8 +46,8 @@ from verifier.location import (
     parse_networks,
     verify_asset_tag,
 )
-from verifier.references import References
-from verifier.results import AttestationResult, Status, sign_result
+from verifier.references import References, Snapshot
+from verifier.results import AttestationResult, eat_nonce, sign_result
 from verifier.store import AttestationRecord, NodeRecord
 from verifier.store.records import TRUST_REVOKED
 
@@ -80,10 +83,6 @@ class EvidenceAppraiser:
         self._sites = SiteTable.from_rules(location.sites)
         self._proxies = parse_networks(location.trusted_proxies)
         self._trust_lifetime = timedelta(seconds=config.results.trust_lifetime())
-        enrollment = config.enrollment
-        self._ek_chain_verified = enrollment.mode == "ek-chain" or (
-            enrollment.mode == "join-token" and enrollment.require_ek_chain
-        )
 
     def forget(self) -> None:
         """Forget everything kept between attestations (the next one starts cold)."""
@@ -92,9 +91,11 @@ class EvidenceAppraiser:
         self._runtime_logs.clear()
         self._references.policy.clear()
 
-    def refuse(self, record: AttestationRecord, failures: Sequence[Refusal]) -> AttestationRecord:
+    def refuse(
+        self, record: AttestationRecord, failures: Sequence[Refusal], references: Snapshot
+    ) -> AttestationRecord:
         """Evidence that failed a check: contraindicated, signed, no policy consulted."""
-        return self._signed(record, refused_evidence(failures))
+        return self._signed(record, refused_evidence(failures), references)
 
     def appraise(
         self,
@@ -102,9 +103,12 @@ class EvidenceAppraiser:
         record: AttestationRecord,
         verified: VerifiedQuote,
         metadata: Mapping[str, str],
+        endorsement: Endorsement,
+        references: Snapshot,
     ) -> AttestationRecord:
-        """The record of a verified quote, appraised and signed."""
-        references = self._references
+        """The record of a verified quote, appraised and signed; `endorsement` is what
+        the node's enrollment proves of its TPM; `references` what operators set, as
+        read before the attestation's store transaction."""
         boot = self._boot.appraise(
             node.node_id,
             record.event_log or b"",
@@ -120,21 +124,21 @@ class EvidenceAppraiser:
             failures += (runtime_refusal,)
         if failures or runtime is None:
             refused = replace(record, workarounds=boot.workarounds, findings=boot.findings)
-            return self.refuse(refused, failures)
+            return self.refuse(refused, failures, references)
         facts = NodeFacts(
             node_id=node.node_id,
             enrollment_mode=self._config.enrollment.mode,
-            ek_chain_verified=self._ek_chain_verified,
-            ek_pinned=self._config.enrollment.mode == "allowlist",
+            ek_chain_verified=endorsement.ek_chain_verified,
+            ek_pinned=endorsement.ek_pinned,
             rebooted=verified.rebooted,
         )
-        location = self._location(node.node_id, runtime, record.peer, metadata)
+        location = self._location(node.node_id, runtime, record.peer, metadata, references)
         banks = [bank.bank_name for bank in verified.pcr_values.banks]
         partial = policy_input(facts, boot, runtime, location, banks)
         appraisal = decide(references.policy, partial, boot, location_site(location))
         if node.trust_state == TRUST_REVOKED:
             appraisal = revoked_by_operator(appraisal, node.trust_reason or "")
-        signed = self._signed(record, appraisal)
+        signed = self._signed(record, appraisal, references)
         if appraisal.status == AFFIRMING:
             return replace(signed, clock=verified.clock_info, rebooted=verified.rebooted)
         return signed
@@ -145,14 +149,15 @@ class EvidenceAppraiser:
         runtime: VerifiedRuntimeLog,
         peer: str,
         metadata: Mapping[str, str],
+        references: Snapshot,
     ) -> dict[str, object]:
         """The location input: the tag the operator set, the tag the quote proves (its
         signature checked), and the site the attestation came from."""
-        assigned = self._references.asset_tag(node_id)
+        assigned = references.asset_tag(node_id)
         attested, attested_error = None, None
         token = runtime.current_asset_tag
         if token is not None:  # no tag measured is no claim, which policy weighs
-            attested, attested_error = self._verified_tag(node_id, token)
+            attested, attested_error = self._verified_tag(node_id, token, references.keys)
         try:
             observed = observe(peer, metadata, self._proxies, self._sites)
         except Refusal as refusal:
@@ -195,10 +200,11 @@ class EvidenceAppraiser:
         self._runtime_logs.put(key, verdict, len(log) + 1)
         return verdict
 
-    def _verified_tag(self, node_id: str, token: str) -> tuple[AssetTag | None, str | None]:
+    def _verified_tag(
+        self, node_id: str, token: str, ring: KeyRing
+    ) -> tuple[AssetTag | None, str | None]:
         """The measured tag if this verifier signed it for this node, else why not.
         Kept by (node, token, keys in force): a node measures one tag for many quotes."""
-        ring = self._references.keys
         key = (node_id, token, ring.kids)
         known = self._tags.get(key)
         if known is not None:
@@ -213,15 +219,17 @@ class EvidenceAppraiser:
         self._tags.put(key, verdict, 1)
         return verdict
 
-    def _signed(self, record: AttestationRecord, appraisal: Appraisal) -> AttestationRecord:
+    def _signed(
+        self, record: AttestationRecord, appraisal: Appraisal, references: Snapshot
+    ) -> AttestationRecord:
         """The record with the appraisal and its EAR, signed with the active key."""
         expires_at = record.received_at + self._trust_lifetime
         result = AttestationResult(
             node_id=record.node_id,
-            status=cast(Status, appraisal.status),  # AttestationResult checks it
+            status=cast(StatusName, appraisal.status),  # AttestationResult checks it
             trust_vector=appraisal.trust_vector,
             policy_id=appraisal.policy_id or EVIDENCE_CHECKS_POLICY,
-            nonce=record.nonce,
+            nonce=eat_nonce(record.nonce or b""),
             issued_at=record.received_at,
             expires_at=expires_at,
             evidence_digest=record.evidence_digest or b"",
@@ -239,7 +247,7 @@ class EvidenceAppraiser:
             claims=appraisal.claims,
             trust_vector=dict(appraisal.trust_vector),
             policy_id=appraisal.policy_id,
-            ear=sign_result(result, self._references.keys.active),
+            ear=sign_result(result, references.keys.active),
             expires_at=expires_at,
             appraisal_input=appraisal.appraisal_input,
             site=appraisal.site,

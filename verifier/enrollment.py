@@ -33,6 +33,7 @@ from verifier.errors import (
 from verifier.evidence.errors import TpmStructureMalformed
 from verifier.evidence.keys import ak_problems, public_key, spki_der
 from verifier.evidence.tpm_public import PublicArea
+from verifier.store.records import NodeRecord
 
 MAX_CHAIN_DEPTH = 8
 
@@ -188,3 +189,31 @@ def check_ak(ak: PublicArea) -> None:
     problems = ak_problems(ak)
     if problems:
         raise AkInvalid("AK " + "; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Endorsement:
+    """What a node's enrollment proves of its TPM, for policy (`input.node.hardware`)."""
+
+    ek_chain_verified: bool  # its EK certificate chains to a trusted root
+    ek_pinned: bool  # its EK (or EK certificate) is on the allow-list
+
+
+def endorsement_of(node: NodeRecord, trust: TrustStore, config: EnrollmentConfig) -> Endorsement:
+    """The endorsement of an enrolled node, from the EK and certificate it enrolled with,
+    against the trust store and allow-list in force.  The chain is checked as of the
+    enrollment (a certificate valid then stays valid for the node's life, as TPM EK
+    certificates often outlive their notAfter); any failure is simply False."""
+    chained = False
+    if node.ek_certificate:
+        moment = node.enrolled_at or node.created_at
+        try:
+            verify_ek_chain(load_ek_certificate(node.ek_certificate), [], trust, moment)
+            chained = True
+        except (EkCertificateUntrusted, EkCertificateMalformed):
+            chained = False
+    allowed = set(config.allowlist)
+    candidates = {node.ek_fingerprint}
+    if node.ek_certificate:
+        candidates.add(hashlib.sha256(node.ek_certificate).hexdigest())
+    return Endorsement(ek_chain_verified=chained, ek_pinned=bool(candidates & allowed))

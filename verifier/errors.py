@@ -108,3 +108,11 @@ class OperatorUnauthenticated(VerifierError):
 
     check = "operator-authentication"
     status = "UNAUTHENTICATED"
+
+
+class ResultWithdrawn(VerifierError):
+    """A node's newest signed result predates an operator's revocation (or the restore
+    that followed it): it no longer holds, so it is not handed out."""
+
+    check = "result-withdrawn"
+    status = "FAILED_PRECONDITION"

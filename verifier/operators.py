@@ -178,8 +178,25 @@ class Operators:
         grace = timedelta(seconds=self._config.results.retired_key_grace_seconds)
         ring = rotate(StoreKeys(self._store), now, grace)
         self._store.audit(AuditRecord(now, actor, "rotate-key", ring.active.kid, ""))
+        # Asset tags are signed by the same keys: once the retired key's grace ends, a
+        # tag it signed no longer verifies.  Each tag is signed again with the new key
+        # (same attributes, next serial); agents take it with their next challenge.
+        reissued = 0
+        for node_id, record in self._store.asset_tags().items():
+            attributes = dict(record.attributes)
+
+            def sign(
+                serial: int, node_id: str = node_id, attributes: dict[str, str] = attributes
+            ) -> str:
+                return issue_asset_tag(node_id, attributes, ring.active, now, serial)
+
+            try:
+                self._store.put_asset_tag(node_id, attributes, sign, actor, now)
+            except StoreUnknownNode:
+                continue  # the node went away since it was listed
+            reissued += 1
         self._references.refresh()
-        _log("rotate-key", actor, ring.active.kid)
+        _log("rotate-key", actor, ring.active.kid, tags_reissued=reissued)
         return ring
 
 

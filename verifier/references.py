@@ -60,12 +60,19 @@ class StoreKeys:
 
 
 @dataclass(frozen=True)
-class _Snapshot:
+class Snapshot:
+    """Everything operators set, as read at one moment: an attestation appraises
+    against one snapshot, taken before its store transaction opens (reading, and on a
+    fresh store creating the signing key, must not wait on that transaction's lock)."""
+
     golden: tuple[GoldenValues, ...]
     tags: dict[str, AssetTagRecord]
     keys: KeyRing
     policy: MemoisedEngine
     policy_source: str
+
+    def asset_tag(self, node_id: str) -> AssetTagRecord | None:
+        return self.tags.get(node_id)
 
 
 class References:
@@ -101,13 +108,17 @@ class References:
     def policy_source(self) -> str:
         return self._current().policy_source
 
+    def snapshot(self) -> Snapshot:
+        """What is in force now (re-read first when the last read is stale)."""
+        return self._current()
+
     def refresh(self) -> None:
         """Re-read everything now (after this replica's own change)."""
         with self._lock:
             self._snapshot = self._load(self._snapshot)
             self._read_at = time.monotonic()
 
-    def _current(self) -> _Snapshot:
+    def _current(self) -> Snapshot:
         if time.monotonic() - self._read_at >= REFRESH_SECONDS:
             with self._lock:
                 if time.monotonic() - self._read_at >= REFRESH_SECONDS:
@@ -115,14 +126,14 @@ class References:
                     self._read_at = time.monotonic()
         return self._snapshot
 
-    def _load(self, previous: _Snapshot | None) -> _Snapshot:
+    def _load(self, previous: Snapshot | None) -> Snapshot:
         store, now = self._store, self._now()
         golden = tuple(from_document(row.document) for row in store.golden_values())
         keys = ensure_key(StoreKeys(store), now, self._grace)
         policy, source = self._policy(previous)
-        return _Snapshot(golden, store.asset_tags(), keys, policy, source)
+        return Snapshot(golden, store.asset_tags(), keys, policy, source)
 
-    def _policy(self, previous: _Snapshot | None) -> tuple[MemoisedEngine, str]:
+    def _policy(self, previous: Snapshot | None) -> tuple[MemoisedEngine, str]:
         config = self._config.policy
         if config.engine == "remote":
             if previous is not None:

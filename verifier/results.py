@@ -36,6 +36,8 @@ import cbor2
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from lightgate.errors import Refusal
+from verifier.ar4si import TRUST_CLAIMS, tier_of
+from verifier.ar4si import StatusName as Status
 from verifier.golden import cose
 from verifier.golden.cbor_guard import CborInvalid, checked_loads
 from verifier.jose import (
@@ -51,19 +53,6 @@ from verifier.jose import (
 
 #: The EAT profile (RFC 9711, 6) of the claims-set (draft-fv-rats-ear, 3).
 PROFILE: Final = "tag:github.com,2023:veraison/ear"
-#: The eight AR4SI trustworthiness claims (draft-ietf-rats-ar4si, 2.3.4), in CBOR label
-#: order: the label of each is its index here.
-TRUST_CLAIMS: Final = (
-    "instance-identity",
-    "configuration",
-    "executables",
-    "file-system",
-    "hardware",
-    "runtime-opaque",
-    "storage-opaque",
-    "sourced-data",
-)
-Status = Literal["none", "affirming", "warning", "contraindicated"]
 #: Trust tiers and their CBOR values (draft-fv-rats-ear, "Trust Tiers").
 STATUSES: Final[dict[Status, int]] = {
     "none": 0,
@@ -80,6 +69,14 @@ ResultFormat = Literal["jwt", "cose"]
 DEFAULT_LEEWAY_SECONDS: Final = 30.0
 DIGEST_BYTES: Final = 32
 _NONCE_SIZES: Final = range(8, 65)  # RFC 9711 4.1: an eat_nonce is 8 to 64 bytes
+
+
+def eat_nonce(nonce: bytes) -> bytes:
+    """The nonce a result may carry: the evidence's own when it is a valid eat_nonce,
+    else none (a refused quote's extraData can be any length; the result still says
+    what was refused, it just cannot echo that value)."""
+    return nonce if len(nonce) in _NONCE_SIZES else b""
+
 
 # JSON claim names (draft-fv-rats-ear, "JSON Serialisation"; RFC 7519 4.1).
 _J_PROFILE, _J_IAT, _J_EXP, _J_NONCE = "eat_profile", "iat", "exp", "eat_nonce"
@@ -153,20 +150,6 @@ class ResultNotYetValid(ResultRefused):
     """Issued in the future, beyond the allowed clock skew."""
 
     check = "result-not-yet-valid"
-
-
-def tier_of(value: int) -> Status:
-    """The trust tier of a trustworthiness claim value (draft-ietf-rats-ar4si, 2.3.2):
-    none -1..1, affirming 2..31 and -32..-2, warning 32..95 and -96..-33,
-    contraindicated 96..127 and -128..-97."""
-    if -1 <= value <= 1:
-        return "none"
-    magnitude = -value - 1 if value < 0 else value  # the negative bands mirror, shifted by 1
-    if magnitude <= 31:
-        return "affirming"
-    if magnitude <= 95:
-        return "warning"
-    return "contraindicated"
 
 
 _TRUST_RANK: Final = {"affirming": 0, "warning": 1, "contraindicated": 2}

@@ -25,13 +25,16 @@ from typing import cast
 
 from lightgate.config import VerifierConfig
 from verifier.appraiser import EvidenceAppraiser
+from verifier.ar4si import StatusName
 from verifier.credential import Credential, CredentialError, make_credential
 from verifier.enrollment import (
+    Endorsement,
     TrustStore,
     check_ak,
     check_allowlist,
     check_ek_matches_certificate,
     ek_fingerprint,
+    endorsement_of,
     load_ek_certificate,
     verify_ek_chain,
 )
@@ -44,6 +47,7 @@ from verifier.errors import (
     MalformedRequest,
     NodeNotEnrolled,
     NoPendingEnrollment,
+    ResultWithdrawn,
     UnknownNode,
 )
 from verifier.evidence.errors import (
@@ -66,11 +70,10 @@ from verifier.evidence.quote import (
 )
 from verifier.evidence.tpm_public import PublicArea, parse_public
 from verifier.evidence.tpm_structures import PcrSelection
-from verifier.references import References
+from verifier.references import References, Snapshot
 from verifier.results import (
     ResultFormat,
     ResultView,
-    Status,
     sign_result_cose,
     verify_result,
 )
@@ -83,6 +86,7 @@ from verifier.store import (
     PendingEnrollment,
     Store,
 )
+from verifier.store.records import TRUST_ENROLLED, TRUST_REVOKED
 
 log = logging.getLogger("lightgate.verifier")
 
@@ -91,6 +95,7 @@ NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 NONCE_KEY = "nonce-hmac-sha256"
 CREDENTIAL_BYTES = 32
 ENROLLED_CACHE_SECONDS = 30.0
+ENDORSEMENT_CACHE = 1 << 16
 
 AFFIRMING = "affirming"
 CONTRAINDICATED = "contraindicated"
@@ -163,6 +168,7 @@ class Verifier:
         self._nonce_key = store.shared_secret(NONCE_KEY, lambda: os.urandom(32), clock())
         self.references = References(store, config, clock)
         self._appraiser = EvidenceAppraiser(config, self.references)
+        self._endorsements: dict[tuple[str, bytes, datetime | None], Endorsement] = {}
 
     # --- enrollment --------------------------------------------------------------------
 
@@ -314,6 +320,7 @@ class Verifier:
         except TpmStructureMalformed as exc:
             raise MalformedRequest(exc.message, node_id=node_id) from None
         now = self._now()
+        references = self.references.snapshot()
         with self._store.attestation(node_id) as transaction:
             node = _require_enrolled(transaction.node, node_id)
             record = AttestationRecord(
@@ -345,7 +352,7 @@ class Verifier:
                 _log_decision("attestation-unauthenticated", node_id, check=forged.check, peer=peer)
                 return _outcome(record, result_id=0)
             record = self._judge(
-                transaction, node, authenticated, pcr_values, record, metadata or {}
+                transaction, node, authenticated, pcr_values, record, metadata or {}, references
             )
             result = transaction.record(record)
         _log_decision(
@@ -378,6 +385,20 @@ class Verifier:
             return None
         newest = results[0]
         assert newest.ear is not None and newest.expires_at is not None
+        if (
+            node.trust_state in (TRUST_REVOKED, TRUST_ENROLLED)
+            and node.trust_since is not None
+            and newest.created_at < node.trust_since
+        ):
+            # The signed EAR still verifies until it expires; handing it out after a
+            # revocation would let a relying party trust what the operator withdrew.
+            raise ResultWithdrawn(
+                f"the node was {'revoked' if node.trust_state == TRUST_REVOKED else 'restored'}"
+                f" at {node.trust_since.isoformat()} ({node.trust_reason or 'no reason given'})"
+                f"; its last result ({newest.status}, issued {newest.created_at.isoformat()})"
+                " no longer holds",
+                node_id=node_id,
+            )
         cose = None
         if result_format == "cose":
             keys = self.references.keys
@@ -386,7 +407,7 @@ class Verifier:
         return ResultView(
             node_id=node_id,
             state=node.trust_at(self._now()),
-            status=cast(Status, newest.status),
+            status=cast(StatusName, newest.status),
             jwt=newest.ear if result_format == "jwt" else None,
             cose=cose,
             issued_at=newest.created_at,
@@ -408,6 +429,7 @@ class Verifier:
         pcr_values: PcrValues,
         record: AttestationRecord,
         metadata: Mapping[str, str],
+        references: Snapshot,
     ) -> AttestationRecord:
         """Checks 2-6 of a quote the node's AK signed, then the logs, then the policy.
         The nonce is spent only now, so a forged message cannot burn a nonce issued to
@@ -422,8 +444,24 @@ class Verifier:
             verified = verify_authenticated_quote(authenticated, pcr_values, expectations)
         except EvidenceError as refusal:
             checks = refusal.failures if isinstance(refusal, ChecksFailed) else (refusal,)
-            return self._appraiser.refuse(record, checks)
-        return self._appraiser.appraise(node, record, verified, metadata)
+            return self._appraiser.refuse(record, checks, references)
+        return self._appraiser.appraise(
+            node, record, verified, metadata, self._endorsement(node), references
+        )
+
+    def _endorsement(self, node: NodeRecord) -> Endorsement:
+        """What the node's enrollment proves of its TPM, from the EK it enrolled with:
+        whether that EK's certificate chains to a root this verifier trusts (checked at
+        the enrollment's time, so a root the operator removes since stops counting) and
+        whether it is on the allow-list now.  Kept per EK: neither changes per quote."""
+        key = (node.ek_fingerprint, node.ek_certificate or b"", node.enrolled_at)
+        known = self._endorsements.get(key)
+        if known is None:
+            known = endorsement_of(node, self._trust, self._config.enrollment)
+            if len(self._endorsements) >= ENDORSEMENT_CACHE:
+                self._endorsements.clear()
+            self._endorsements[key] = known
+        return known
 
     def _spend(
         self, transaction: AttestationTransaction, value: bytes, node_id: str, now: datetime

@@ -41,6 +41,7 @@ settings_complete if {
 	is_number(settings.location.stale_tag)
 	is_number(settings.location.mismatch)
 	is_number(settings.location.unusable_tag)
+	is_number(settings.location.unobserved)
 	is_object(settings.workload.requirements)
 	is_number(settings.workload.refused)
 }
@@ -283,6 +284,31 @@ outcomes contains {
 	seen != said
 	address := object.get(location, ["observed", "address"], "an unknown address")
 }
+
+# An attested tag is a claim about where the node is; it is confirmed only by comparing
+# it with where the attestation came from.  When the address maps to no site, or the
+# site shares no (compared) attribute with the tag, nothing confirmed the claim: that is
+# not a mismatch, but it is not a confirmed location either.
+compared_attributes contains name if {
+	some name, _ in attested_attributes
+	not name in settings.location.ignored_attributes
+	observed_attributes[name]
+}
+
+outcomes contains {
+	"check": "location",
+	"claim": "sourced-data",
+	"value": settings.location.unobserved,
+	"reason": sprintf("location: the attested tag (%s) is unconfirmed: %s", [describe(attested_attributes), why]),
+} if {
+	is_object(attested)
+	count(compared_attributes) == 0
+	why := unconfirmed_because
+}
+
+unconfirmed_because := sprintf("the address %s maps to no configured site", [object.get(location, ["observed", "address"], "(none)")]) if {
+	not is_object(object.get(location, ["observed", "attributes"], null))
+} else := sprintf("the observed site %v shares no attribute with it", [object.get(location, ["observed", "site"], null)])
 
 describe(attributes) := concat(", ", [sprintf("%s=%v", [name, attributes[name]]) | some name in sort(object.keys(attributes))])
 

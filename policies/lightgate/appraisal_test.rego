@@ -33,6 +33,12 @@ good_node := {
 # The good node with `changes` merged in (object.union is a deep merge, right wins).
 node_with(changes) := object.union(good_node, changes)
 
+# The good node seen from `observed` (replaced whole, not merged).
+observed_from(observed) := object.union(
+	object.remove(good_node, ["location"]),
+	{"location": object.union(object.remove(good_node.location, ["observed"]), {"observed": observed})},
+)
+
 kernel_deviation := {
 	"claim": "boot-chain.kernel",
 	"text": "boot-chain.kernel: sha256:0badc0de… is not among the golden values (sha256:3a019391…)",
@@ -121,8 +127,31 @@ test_location_ignores_attributes_the_data_says_to if {
 	r.status == "affirming"
 }
 
-test_unknown_observed_site_is_not_a_mismatch if {
+test_only_ignored_attributes_in_common_leave_the_tag_unconfirmed if {
+	observed := {"address": "127.0.0.5", "site": "ams2", "attributes": {"dc": "ams2"}}
+	r := appraisal.result with input as observed_from(observed)
+		with data.lightgate.config.location.ignored_attributes as ["dc"]
+	r.status == "warning"
+}
+
+test_unknown_observed_site_leaves_the_tag_unconfirmed if {
 	r := appraisal.result with input as node_with({"location": {"observed": {"site": null, "attributes": null}}})
+	r.status == "warning"
+	r.trust_vector["sourced-data"] == 32
+	r.failed_checks == ["location"]
+	r.reasons["sourced-data"] == ["location: the attested tag (dc=ams1, region=eu-west) is unconfirmed: the address 127.0.0.5 maps to no configured site"]
+}
+
+test_observed_site_without_common_attributes_leaves_the_tag_unconfirmed if {
+	observed := {"address": "127.0.0.5", "site": "lab", "attributes": {"room": "b2"}}
+	r := appraisal.result with input as observed_from(observed)
+	r.status == "warning"
+	r.reasons["sourced-data"] == ["location: the attested tag (dc=ams1, region=eu-west) is unconfirmed: the observed site lab shares no attribute with it"]
+}
+
+test_unconfirmed_tag_weight_comes_from_the_data if {
+	r := appraisal.result with input as node_with({"location": {"observed": {"site": null, "attributes": null}}})
+		with data.lightgate.config.location.unobserved as 0
 	r.status == "affirming"
 }
 

@@ -36,6 +36,8 @@ from lightgate.sim.boot import fixture_path
 from lightgate.wire.v1 import admin_pb2 as admin_pb
 from lightgate.wire.v1 import admin_pb2_grpc as admin_grpc
 from lightgate.wire.v1 import attestation_pb2 as pb
+from lightgate.wire.v1 import results_pb2 as results_pb
+from lightgate.wire.v1 import results_pb2_grpc as results_grpc
 from tests.integration.conftest import AgentFactory, SwtpmFactory, VerifierFactory
 from tests.support.opa_server import opa_server
 from verifier.jose import keys_of_jwks
@@ -135,8 +137,17 @@ def test_every_trust_state_and_transition(
         admin_pb.RevokeNodeRequest(node_id=node, reason="disk reported stolen"),
         metadata=operator.metadata,
     )
+    # The affirming result signed before the revocation still verifies, but is no
+    # longer handed out as the node's result.
+    results = results_grpc.ResultsStub(grpc.insecure_channel(f"127.0.0.1:{handle.running.port}"))
+    with pytest.raises(grpc.RpcError) as withdrawn:
+        results.GetResult(results_pb.GetResultRequest(node_id=node))
+    assert withdrawn.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "disk reported stolen" in (withdrawn.value.details() or "")
     revoked = agent.attest_once()
     assert revoked.status == pb.TRUST_STATUS_CONTRAINDICATED
+    served = results.GetResult(results_pb.GetResultRequest(node_id=node))
+    assert served.status == pb.TRUST_STATUS_CONTRAINDICATED and served.state == "revoked"
     assert "revoked" in revoked.failed_checks and "disk reported stolen" in revoked.reason
     assert operator.state(node).state == "revoked"
     operator.stub.RestoreNode(
@@ -420,8 +431,18 @@ def test_operators_change_golden_values_and_rotate_keys_through_the_admin_api(
     names = {row.name for row in handle.running.store.golden_values()}
     assert "tampered" in names
 
+    operator = Operator(handle)
+    operator.tag(agent.node_id, **LAB)
+    tag_before = handle.running.store.asset_tag(agent.node_id)
+    assert agent.attest_once().status == pb.TRUST_STATUS_AFFIRMING
     rotated = runner.invoke(app, ["admin", "rotate-key", "--admin", address])
     assert rotated.exit_code == 0, rotated.output
+    # The node's tag is signed again by the new key: it outlives the old key's grace.
+    tag_after = handle.running.store.asset_tag(agent.node_id)
+    assert tag_before is not None and tag_after is not None
+    assert (tag_after.serial, tag_after.attributes) == (tag_before.serial + 1, LAB)
+    new_kid = json.loads(_b64decode(tag_after.token.split(".")[0]))["kid"]
+    assert new_kid != json.loads(_b64decode(tag_before.token.split(".")[0]))["kid"]
     keys = keys_of_jwks(_jwks(handle))
     assert len(keys) == 2  # the new key signs; the old one still verifies what it signed
     verify_result(before, keys, datetime.now(UTC))
@@ -437,7 +458,9 @@ def test_operators_change_golden_values_and_rotate_keys_through_the_admin_api(
     actions = [(e["actor"], e["action"]) for e in json.loads(audit.output)["entries"]]
     assert actions == [
         ("token:alice", "golden-import"),
+        ("token:alice", "tag"),
         ("token:alice", "rotate-key"),
+        ("token:alice", "tag"),
         ("token:alice", "golden-remove"),
     ]
     refused = CliRunner().invoke(

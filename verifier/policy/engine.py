@@ -10,59 +10,31 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from types import MappingProxyType
 from typing import Final, Protocol
 
+from verifier.ar4si import TRUST_CLAIMS, Status, status_of, tier_of
 from verifier.policy.errors import PolicyOutputInvalid
+
+__all__ = [
+    "RESULT_PATH",
+    "RESULT_RULE",
+    "TRUST_CLAIMS",
+    "Decision",
+    "PolicyEngine",
+    "Status",
+    "decision_from_result",
+    "status_of",
+    "tier_of",
+]
 
 #: The rule every engine evaluates, as a Rego reference and as an OPA Data API path.
 RESULT_RULE: Final = "data.lightgate.appraisal.result"
 RESULT_PATH: Final = "lightgate/appraisal/result"
 
-#: The eight AR4SI trustworthiness claims, in EAR's order.
-TRUST_CLAIMS: Final = (
-    "instance-identity",
-    "configuration",
-    "executables",
-    "file-system",
-    "hardware",
-    "runtime-opaque",
-    "storage-opaque",
-    "sourced-data",
-)
 _RESULT_KEYS: Final = frozenset({"status", "trust_vector", "reasons", "failed_checks"})
 _MIN_VALUE: Final = -128
 _MAX_VALUE: Final = 127
-
-
-class Status(StrEnum):
-    """EAR status, ordered from no claim to worst (`ear.status`)."""
-
-    NONE = "none"
-    AFFIRMING = "affirming"
-    WARNING = "warning"
-    CONTRAINDICATED = "contraindicated"
-
-
-_TIERS: Final = (Status.NONE, Status.AFFIRMING, Status.WARNING, Status.CONTRAINDICATED)
-
-
-def tier_of(value: int) -> Status:
-    """The AR4SI tier of one trust-vector value: none -1..1, affirming 2..31 and
-    -32..-2, warning 32..95 and -96..-33, contraindicated 96..127 and -128..-97."""
-    if -1 <= value <= 1:
-        return Status.NONE
-    if 2 <= value <= 31 or -32 <= value <= -2:
-        return Status.AFFIRMING
-    if 32 <= value <= 95 or -96 <= value <= -33:
-        return Status.WARNING
-    return Status.CONTRAINDICATED
-
-
-def status_of(trust_vector: Mapping[str, int]) -> Status:
-    """The worst tier over the vector; an all-zero (or empty) vector is `none`."""
-    return max((tier_of(v) for v in trust_vector.values()), key=_TIERS.index, default=Status.NONE)
 
 
 @dataclass(frozen=True, slots=True)

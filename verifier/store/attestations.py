@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Container, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
@@ -21,6 +21,7 @@ from verifier.store.driver import Writes
 from verifier.store.errors import StoreInconsistent, UnknownNode
 from verifier.store.records import (
     STATUS_AFFIRMING,
+    TRUST_EXPIRED,
     TRUST_LASTING,
     TRUST_REVOKED,
     AttestationRecord,
@@ -91,9 +92,31 @@ def record_attestation(
         row = connection.execute(queries.TRUST_BY_NODE, {"node_id": attestation.node_id}).first()
         if row is None:
             raise UnknownNode(attestation.node_id)
-        before = _Trust(row.trust_state, row.trust_since, row.trust_reason)
+        before = _Trust(row.trust_state, row.trust_since, row.trust_reason, row.trust_expires_at)
     else:
-        before = _Trust(node.trust_state, node.trust_since, node.trust_reason)
+        before = _Trust(
+            node.trust_state, node.trust_since, node.trust_reason, node.trust_expires_at
+        )
+    w = writes
+    lapsed = _lapsed(before, attestation.received_at)
+    if lapsed is not None:
+        # The sweep had not recorded it yet: the node's trust ran out before this
+        # evidence arrived, and its history says so before what this evidence earns.
+        w.run(
+            connection,
+            "transition",
+            {
+                "node_id": attestation.node_id,
+                "at": w.time(lapsed.since),
+                "from_state": before.state,
+                "to_state": TRUST_EXPIRED,
+                "reason": lapsed.reason,
+                "evidence_digest": None,
+                "result_id": None,
+                "actor": "verifier",
+            },
+        )
+        before = lapsed
     trust = trust_after(before.state, attestation.status)
     statement, node_values = _node_update(writes, attestation, before, trust)
     if writes.run(connection, statement, node_values).rowcount != 1:
@@ -101,7 +124,7 @@ def record_attestation(
     event_log_sha256 = _store_event_log(connection, writes, attestation, stored_logs)
     if event_log_sha256 is not None and logs_written is not None:
         logs_written.append(event_log_sha256)
-    w, received_at = writes, writes.time(attestation.received_at)
+    received_at = writes.time(attestation.received_at)
     evidence_id = w.first_column(
         connection,
         "evidence",
@@ -223,6 +246,20 @@ class _Trust(NamedTuple):
     state: str
     since: datetime | None
     reason: str | None
+    expires_at: datetime | None = None
+
+
+def _lapsed(before: _Trust, at: datetime) -> _Trust | None:
+    """The expired state a lasting trust fell into before `at`, or None if it holds."""
+    expires = before.expires_at
+    if before.state not in TRUST_LASTING or expires is None:
+        return None
+    if expires.tzinfo is None:  # SQLite hands back naive UTC
+        expires = expires.replace(tzinfo=UTC)
+    if at < expires:
+        return None
+    reason = f"no attestation accepted in time; trust lasted until {expires.isoformat()}"
+    return _Trust(TRUST_EXPIRED, expires, reason, None)
 
 
 def _node_update(

@@ -98,9 +98,9 @@ NODES_SELECT = select(
     )
 )
 NODE_BY_ID = NODES_SELECT.where(NODES.c.node_id == bindparam("node_id"))
-TRUST_BY_NODE = select(NODES.c.trust_state, NODES.c.trust_since, NODES.c.trust_reason).where(
-    NODES.c.node_id == bindparam("node_id")
-)
+TRUST_BY_NODE = select(
+    NODES.c.trust_state, NODES.c.trust_since, NODES.c.trust_reason, NODES.c.trust_expires_at
+).where(NODES.c.node_id == bindparam("node_id"))
 NODE_EXISTS = select(NODES.c.node_id).where(NODES.c.node_id == bindparam("node_id"))
 # The node row locked for the rest of the transaction (PostgreSQL; SQLite's write
 # transaction already excludes other writers): attestations of one node are serialised,

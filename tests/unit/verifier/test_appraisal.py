@@ -112,3 +112,14 @@ def test_grub_settings_are_their_own_claim() -> None:
     assert isinstance(commands, tuple) and isinstance(settings, tuple)
     assert all(c.split(" ")[0] not in ("[", "set") for c in commands)
     assert any(c.startswith("linux ") for c in commands)
+
+
+def test_the_same_values_under_another_name_are_matched_by_that_name() -> None:
+    from dataclasses import replace
+
+    appraiser = BootAppraiser()
+    golden = golden_from_fixture()
+    assert appraiser.appraise("n", GOOD, _quoted(GOOD), [golden]).golden == golden.name
+    renamed = replace(golden, name="renamed")  # same reference, same digest
+    assert renamed.digest == golden.digest
+    assert appraiser.appraise("n", GOOD, _quoted(GOOD), [renamed]).golden == "renamed"

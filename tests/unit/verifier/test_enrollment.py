@@ -14,11 +14,13 @@ from cryptography.x509.oid import NameOID
 
 from lightgate.config import EnrollmentConfig
 from verifier.enrollment import (
+    Endorsement,
     TrustStore,
     check_ak,
     check_allowlist,
     check_ek_matches_certificate,
     ek_fingerprint,
+    endorsement_of,
     load_ek_certificate,
     verify_ek_chain,
 )
@@ -32,6 +34,7 @@ from verifier.errors import (
 from verifier.evidence.keys import public_area_from_key, spki_der
 from verifier.evidence.tpm_public import ObjectAttributes, PublicArea
 from verifier.evidence.tpm_structures import Alg, HashAlg
+from verifier.store.records import NodeRecord
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -234,3 +237,45 @@ def test_decrypting_ak_is_refused() -> None:
 def test_ak_without_signing_scheme_is_refused() -> None:
     with pytest.raises(AkInvalid, match="scheme"):
         check_ak(_ak(GOOD_AK, scheme=Alg.NULL))
+
+
+def _enrolled(pki, certificate: bool = True) -> NodeRecord:  # type: ignore[no-untyped-def]
+    ek = public_area_from_key(pki["ek_key"].public_key())
+    return NodeRecord(
+        node_id="node-1",
+        state="enrolled",
+        ek_certificate=pki["leaf"].public_bytes(Encoding.DER) if certificate else None,
+        ek_public=b"ek",
+        ek_fingerprint=ek_fingerprint(ek),
+        ak_public=b"ak",
+        ak_name=b"name",
+        created_at=NOW,
+        enrolled_at=NOW,
+        last_clock=None,
+        last_attested_at=None,
+        last_status=None,
+        reboots=0,
+    )
+
+
+def test_endorsement_comes_from_what_the_node_enrolled_with(pki) -> None:  # type: ignore[no-untyped-def]
+    node = _enrolled(pki)
+    chain = TrustStore.from_certificates([pki["root"], pki["inter"]])
+    assert endorsement_of(node, chain, EnrollmentConfig(mode="ek-chain")) == Endorsement(
+        ek_chain_verified=True, ek_pinned=False
+    )
+    # The verifier's mode says nothing of this node's TPM: an enrollment mode that
+    # checks no chain does not make its certificate verified, nor does an empty store.
+    unrelated = TrustStore.from_certificates(
+        [_cert("Other", pki["root_key"], "Other", pki["root_key"], ca=True)]
+    )
+    assert not endorsement_of(node, unrelated, EnrollmentConfig(mode="ek-chain")).ek_chain_verified
+    assert not endorsement_of(
+        _enrolled(pki, certificate=False), chain, EnrollmentConfig()
+    ).ek_chain_verified
+    pinned = EnrollmentConfig(mode="allowlist", allowlist=[node.ek_fingerprint])
+    assert endorsement_of(node, unrelated, pinned) == Endorsement(
+        ek_chain_verified=False, ek_pinned=True
+    )
+    # The allow-list in force counts: a node taken off it is no longer pinned.
+    assert not endorsement_of(node, unrelated, EnrollmentConfig(mode="allowlist")).ek_pinned

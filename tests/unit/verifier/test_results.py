@@ -15,6 +15,7 @@ import cbor2
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from verifier.ar4si import tier_of
 from verifier.jose import SigningKey, b64url, b64url_decode
 from verifier.results import (
     PROFILE,
@@ -28,10 +29,10 @@ from verifier.results import (
     ResultSignatureInvalid,
     ear_cbor,
     ear_claims,
+    eat_nonce,
     evidence_digest,
     sign_result,
     sign_result_cose,
-    tier_of,
     verify_result,
     verify_result_cose,
 )
@@ -193,6 +194,19 @@ def test_cose_protected_header_carries_alg_and_kid() -> None:
 )
 def test_tiers_follow_ar4si_bands(value: int, tier: str) -> None:
     assert tier_of(value) == tier
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 65, 200])
+def test_a_nonce_no_result_can_carry_is_left_out(size: int) -> None:
+    # A refused quote's extraData can be any length; its result is still signed.
+    assert eat_nonce(b"\x01" * size) == b""
+    result = make_result(nonce=eat_nonce(b"\x01" * size))
+    assert verify_result(sign_result(result, KEY), KEYS, NOW).nonce == b""
+
+
+@pytest.mark.parametrize("size", [8, 32, 64])
+def test_a_valid_nonce_is_echoed(size: int) -> None:
+    assert eat_nonce(b"\x02" * size) == b"\x02" * size
 
 
 # --- results that cannot be built -----------------------------------------------------

@@ -90,6 +90,26 @@ def test_trust_expires_when_it_lasts_out(
     ]
 
 
+def test_a_node_attesting_after_its_trust_lasted_out_records_the_expiry_first(
+    store: Store, enroll: Enroll, make_attestation: MakeAttestation, now: datetime
+) -> None:
+    enroll()
+    _attest(store, make_attestation, now, lasts=timedelta(seconds=60))
+    # No sweep ran: the next attestation comes after the trust ran out.
+    _attest(store, make_attestation, now + timedelta(seconds=90))
+
+    moves = [(t.from_state, t.to_state, t.at) for t in store.transitions("node-a")]
+    assert moves == [
+        ("enrolled", "affirming", now),
+        ("affirming", "expired", now + timedelta(seconds=60)),
+        ("expired", "affirming", now + timedelta(seconds=90)),
+    ]
+    lapse = store.transitions("node-a")[1]
+    assert lapse.evidence_digest is None and "lasted until" in lapse.reason
+    node = store.get_node("node-a")
+    assert node is not None and node.trust_since == now + timedelta(seconds=90)
+
+
 def test_revocation_holds_through_attestations_until_restored(
     store: Store, enroll: Enroll, make_attestation: MakeAttestation, now: datetime
 ) -> None:
