@@ -172,7 +172,7 @@ class PolicyConfig(BaseModel):
     opa_url: str | None = None
     opa_token: str | None = None
     opa_timeout_seconds: float = Field(default=2.0, gt=0)
-    decision_cache_entries: int = Field(default=4096, ge=0)
+    decision_cache_entries: int = Field(default=4096, ge=1)
 
 
 class AdminToken(BaseModel):
@@ -190,6 +190,40 @@ class AdminConfig(BaseModel):
     # mTLS: the CA that issues operator client certificates; the server's certificate
     # is tls_cert/tls_key of the verifier.
     client_ca: Path | None = None
+
+
+class AdmissionConfig(BaseModel):
+    """Who may run where, and who gets credentials: the scheduler extender and admission
+    webhook (routes on the HTTPS listener) and the credential gate."""
+
+    # Kubernetes node name -> Lightgate node id; a name not listed is looked up by the
+    # node's label `node_label` (full-node extender mode), else taken as the node id.
+    node_names: dict[str, str] = Field(default_factory=dict)
+    # A label under node-restriction.kubernetes.io/, which the NodeRestriction admission
+    # plugin keeps kubelets from setting on their own Node: a compromised node cannot
+    # claim another node's identity (and with it, its trust).
+    node_label: str = "node-restriction.kubernetes.io/lightgate-node-id"
+    # Pod annotations with this prefix carry the workload's requirements:
+    # `<prefix>location.<attribute>: v1,v2` and `<prefix>allow-warning: "true"`.
+    annotation_prefix: str = "lightgate.io/"
+    # Refuse a Pod whose requirements cannot be read, or when the webhook cannot decide
+    # (fail closed); "open" admits it with a warning instead.
+    webhook_on_error: Literal["closed", "open"] = "closed"
+    # Certificates and tokens never outlive the node's trust, nor these lifetimes.
+    certificate_lifetime_seconds: float = Field(default=3600.0, gt=0)
+    token_lifetime_seconds: float = Field(default=600.0, gt=0)
+    # A credential that could last less than this (the node's trust ends sooner) is
+    # refused until the node attests again.
+    min_credential_seconds: float = Field(default=5.0, gt=0)
+    # The OIDC issuer (the `iss` of tokens); None: the HTTPS listener's URL.
+    issuer: str | None = None
+    ca_common_name: str = "Lightgate node CA"
+    # How long a credential challenge nonce may be used.
+    challenge_ttl_seconds: float = Field(default=60.0, gt=0)
+    # Watch: changes queued per watcher before it counts as slow and is dropped.
+    watch_queue: int = Field(default=4096, ge=16)
+    # How often trust changes made by other replicas are read from the store.
+    sync_seconds: float = Field(default=0.5, gt=0)
 
 
 class VerifierConfig(_EnvFirst):
@@ -211,6 +245,7 @@ class VerifierConfig(_EnvFirst):
     results: ResultsConfig = Field(default_factory=ResultsConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
 
     def database(self) -> str:
         return self.database_url or f"sqlite:///{self.state_dir / 'verifier.db'}"
@@ -241,6 +276,9 @@ class AgentConfig(_EnvFirst):
     # Connect to the verifier from this local address (multi-homed nodes; the
     # simulator gives each node its own loopback address).
     source_address: str | None = None
+    # Keep a certificate for a TPM-bound key in the state directory (certificate.pem,
+    # ca.pem), renewed at half its life while the node is affirming.
+    certificate: bool = False
 
 
 Settings = TypeVar("Settings", VerifierConfig, AgentConfig)
