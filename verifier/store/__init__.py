@@ -16,6 +16,7 @@ from verifier.store.records import (
     AssetTagRecord,
     AttestationRecord,
     AuditRecord,
+    CredentialRecord,
     EvidenceRecord,
     GoldenValuesRecord,
     NodeRecord,
@@ -24,6 +25,7 @@ from verifier.store.records import (
     ResultRecord,
     SigningKeyRecord,
     TransitionRecord,
+    TrustIndexRow,
 )
 from verifier.store.store import Store
 
@@ -32,6 +34,8 @@ __all__ = [
     "AssetTagRecord",
     "AttestationRecord",
     "AuditRecord",
+    "CredentialRecord",
+    "TrustIndexRow",
     "PolicyBundleRecord",
     "SigningKeyRecord",
     "TransitionRecord",

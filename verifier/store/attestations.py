@@ -195,6 +195,9 @@ def record_attestation(
         ear=attestation.ear,
         expires_at=attestation.expires_at,
         evidence_digest=attestation.evidence_digest,
+        trust_state=trust,
+        trust_since=attestation.received_at if trust != before.state else before.since,
+        trust_reason=before.reason if trust == TRUST_REVOKED else attestation.reason,
     )
 
 

@@ -33,6 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from verifier.store.records import (
+    CREDENTIAL_KINDS,
     KEY_ACTIVE,
     KEY_KINDS,
     KEY_STATES,
@@ -405,6 +406,28 @@ class PolicyBundleRow(Base):
     set_by: Mapped[str] = mapped_column(String(255))
 
 
+class IssuedCredential(Base):
+    """A certificate or token the credential gate issued to a node (0005)."""
+
+    __tablename__ = "credentials"
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", CREDENTIAL_KINDS), name="kind"),
+        Index(None, "node_id", "not_after"),
+        Index(None, "revoked_at"),
+    )
+
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)  # hex
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.node_id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    issued_at: Mapped[datetime]
+    not_after: Mapped[datetime]
+    subject: Mapped[str] = mapped_column(Text)  # the certificate's subject, the token's audience
+    ear_digest: Mapped[bytes]  # SHA-256 of the EAR that vouched for the node
+    key_name: Mapped[bytes]  # the TPM Name of the key it is bound to
+    revoked_at: Mapped[datetime | None]
+    revoked_reason: Mapped[str | None] = mapped_column(Text)
+
+
 metadata = Base.metadata
 
 
@@ -431,3 +454,4 @@ ASSET_TAGS = _table(AssetTag)
 AUDIT_LOG = _table(AuditEntry)
 SIGNING_KEYS = _table(SigningKeyRow)
 POLICY_BUNDLES = _table(PolicyBundleRow)
+CREDENTIALS = _table(IssuedCredential)

@@ -7,7 +7,7 @@ the types the quote checks already take.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +32,9 @@ KEY_STATES = (KEY_PENDING, KEY_ACTIVE, KEY_RETIRED)
 # EAR statuses (draft-ietf-rats-ear, ear.status).  Only 'affirming' moves a node's clock.
 STATUS_AFFIRMING = "affirming"
 RESULT_STATUSES = ("affirming", "warning", "contraindicated", "none")
+CREDENTIAL_CERTIFICATE = "certificate"
+CREDENTIAL_TOKEN = "token"  # noqa: S105 (a kind of credential, not a secret)
+CREDENTIAL_KINDS = (CREDENTIAL_CERTIFICATE, CREDENTIAL_TOKEN)
 
 # Trust states of an enrolled node: 'enrolled' until its first result, then the status
 # of its newest result while that lasts, 'expired' when it lasted out, and 'revoked'
@@ -185,6 +188,11 @@ class ResultRecord:
     ear: str | None = None
     expires_at: datetime | None = None
     evidence_digest: bytes | None = None
+    # The node's trust right after this result: set only on the record the write
+    # returns (for the trust index), so not part of what a result is.
+    trust_state: str | None = field(default=None, compare=False)
+    trust_since: datetime | None = field(default=None, compare=False)
+    trust_reason: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -278,3 +286,36 @@ class AppraisedEvidence:
     policy_id: str | None
     claims: dict[str, Any] | None
     appraisal_input: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class CredentialRecord:
+    """A certificate or token issued to a node, and its revocation if any."""
+
+    serial: str  # hex
+    node_id: str
+    kind: str  # certificate | token
+    issued_at: datetime
+    not_after: datetime
+    subject: str
+    ear_digest: bytes
+    key_name: bytes
+    revoked_at: datetime | None = None
+    revoked_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class TrustIndexRow:
+    """A node as the admission trust index loads it: its trust, and of its newest
+    result the status, the signed EAR and the location the node attested."""
+
+    node_id: str
+    trust_state: str
+    trust_since: datetime | None
+    trust_expires_at: datetime | None
+    trust_reason: str | None
+    last_site: str | None
+    last_attested_at: datetime | None
+    status: str | None
+    ear: str | None
+    location: dict[str, str]

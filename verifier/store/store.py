@@ -26,6 +26,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError
 
 from verifier.store import enrollment, queries
+from verifier.store.admission import AdmissionRecords
 from verifier.store.attestations import (
     AttestationTransaction,
     KnownDigests,
@@ -60,7 +61,7 @@ from verifier.store.trust import TrustRecords
 STORED_LOGS_REMEMBERED = 65536
 
 
-class Store(TrustRecords):
+class Store(TrustRecords, AdmissionRecords):
     """Nodes, their keys and enrollments, join tokens, nonces, evidence and results,
     boot event logs, and golden values.
 

@@ -46,6 +46,7 @@ def test_affirming_moves_the_clock_and_counts_reboots(
         rebooted=True,
         created_at=now,
     )
+    assert (result.trust_state, result.trust_since) == ("affirming", now)
     node = _node(store)
     assert (node.last_clock, node.last_attested_at, node.last_status, node.reboots) == (
         booted,

@@ -18,13 +18,14 @@ from verifier.store.engine import create_store_engine
 from verifier.store.migrate import alembic_config, upgrade
 from verifier.store.models import metadata
 
-HEAD = "0004"
+HEAD = "0005"
 TABLES = {
     "nodes", "keys", "pending_enrollments", "join_tokens", "nonces", "evidence", "results",
     "verifier_secrets", "event_logs", "golden_values", "trust_transitions", "asset_tags",
-    "audit_log", "signing_keys", "policy_bundles",
+    "audit_log", "signing_keys", "policy_bundles", "credentials",
 }  # fmt: skip
 ADDED_BY_0004 = {"trust_transitions", "asset_tags", "audit_log", "signing_keys", "policy_bundles"}
+ADDED_BY_0005 = {"credentials"}
 
 
 def _revision(engine: Engine) -> str | None:
@@ -194,7 +195,7 @@ def test_0003_and_0004_downgrade_with_logs_stored(database_url: str, db: Engine)
         assert set(inspector.get_table_names()) == TABLES - {
             "event_logs",
             "golden_values",
-        } - ADDED_BY_0004 | {"alembic_version"}
+        } - ADDED_BY_0004 - ADDED_BY_0005 | {"alembic_version"}
         assert "event_log_sha256" not in {c["name"] for c in inspector.get_columns("evidence")}
         assert {c["name"] for c in inspector.get_columns("results")}.isdisjoint(
             {"findings", "workarounds", "claims"}
