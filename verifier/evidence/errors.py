@@ -224,3 +224,112 @@ class RuntimePcrNotQuoted(EvidenceError):
     runtime log (an asset tag or image list the TPM did not attest is only a claim)."""
 
     check = "runtime-log-pcr"
+
+
+# --- key certification (verifier.evidence.certify) ---------------------------------
+#
+# A node proves that a key lives in its TPM with TPM2_Certify (the key is loaded in the
+# TPM that holds the enrolled AK) and TPM2_CertifyCreation (that TPM created it), both
+# signed by the AK over a fresh nonce.  Each reason to refuse one is its own check.
+
+
+class KeyCertificationMalformed(EvidenceError):
+    """A field of a key certification could not be parsed; `field` names it
+    (public_area, certify_info, certify_signature, creation_data, creation_info,
+    creation_signature)."""
+
+    check = "key-certification-malformed"
+
+    def __init__(self, field: str, detail: str, *, node_id: str | None = None) -> None:
+        self.field = field
+        super().__init__(f"{field}: {detail}", node_id=node_id)
+
+
+class KeyCreationMissing(EvidenceError):
+    """No TPM2_CertifyCreation attestation (or no creation data) came with the key.
+    TPM2_Certify alone does not show that the TPM made the key: a TPM that lets a
+    public-only object loaded with TPM2_LoadExternal be certified would certify a
+    software key's public area claiming fixedTPM."""
+
+    check = "key-creation-missing"
+
+
+class KeyAttestationSignatureInvalid(EvidenceError):
+    """The TPM2_Certify or TPM2_CertifyCreation attestation is not signed by the node's
+    enrolled AK with the AK's scheme: another TPM (or no TPM) made it."""
+
+    check = "key-attestation-signature"
+
+
+class KeyAttestationMagicInvalid(EvidenceError):
+    """A key attestation's TPMS_ATTEST.magic is not TPM_GENERATED_VALUE."""
+
+    check = "key-attestation-magic"
+
+
+class KeyAttestationTypeInvalid(EvidenceError):
+    """The attestation said to come from TPM2_Certify is not TPM_ST_ATTEST_CERTIFY, or the
+    one said to come from TPM2_CertifyCreation is not TPM_ST_ATTEST_CREATION."""
+
+    check = "key-attestation-type"
+
+
+class KeyAttestationNonceMismatch(EvidenceError):
+    """A key attestation's extraData is not the nonce the verifier issued for it: replayed
+    or made for another request."""
+
+    check = "key-attestation-nonce"
+
+
+class CertifiedNameMismatch(EvidenceError):
+    """TPM2_Certify attested another object than the public area presented: the name in
+    the attestation is not nameAlg || H_nameAlg(public area)."""
+
+    check = "certified-name"
+
+
+class CreationNameMismatch(EvidenceError):
+    """TPM2_CertifyCreation attested the creation of another object than the public area
+    presented (for example the creation of a genuine key, sent beside a software key)."""
+
+    check = "creation-name"
+
+
+class CreationHashMismatch(EvidenceError):
+    """The creation data presented does not hash (with the key's nameAlg) to the
+    creationHash that TPM2_CertifyCreation attested."""
+
+    check = "creation-hash"
+
+
+class KeyAttributesInvalid(EvidenceError):
+    """The key is not a non-exportable, TPM-generated, signing-only key: fixedTPM,
+    fixedParent, sensitiveDataOrigin or sign is clear, or restricted or decrypt is set."""
+
+    check = "key-attributes"
+
+
+class KeyAlgorithmUnsupported(EvidenceError):
+    """The key's type, curve, size, scheme or name algorithm is not one credentials are
+    issued for (ECC NIST P-256 or RSA of at least 2048 bits, named with SHA-256 or
+    stronger)."""
+
+    check = "key-algorithm"
+
+
+class CsrMalformed(EvidenceError):
+    """The PKCS#10 certificate signing request could not be parsed (or its key read)."""
+
+    check = "csr-malformed"
+
+
+class CsrSignatureInvalid(EvidenceError):
+    """The CSR's self-signature does not verify, or uses a hash weaker than SHA-256."""
+
+    check = "csr-signature"
+
+
+class CsrKeyMismatch(EvidenceError):
+    """The CSR's public key is not the key the TPM certified."""
+
+    check = "csr-key"
