@@ -55,11 +55,14 @@ class Operators:
         config: VerifierConfig,
         references: References,
         clock: Callable[[], datetime],
+        trust_changed: Callable[[str], None] | None = None,
     ) -> None:
         self._store = store
         self._config = config
         self._references = references
         self._now = clock
+        # Told the node whose trust an operator changed (the admission trust index).
+        self._trust_changed = trust_changed or (lambda node_id: None)
 
     # Nodes
 
@@ -86,6 +89,7 @@ class Operators:
             transition = self._store.revoke(node_id, reason, actor, self._now())
         except StoreUnknownNode:
             raise UnknownNode("no such node", node_id=node_id) from None
+        self._trust_changed(node_id)
         _log("revoke", actor, node_id, reason=reason)
         return transition
 
@@ -96,6 +100,7 @@ class Operators:
         if node.trust_state != "revoked":
             raise OperatorRefused(f"node is {node.trust_state}, not revoked", node_id=node_id)
         transition = self._store.restore(node_id, reason or "restored", actor, self._now())
+        self._trust_changed(node_id)
         _log("restore", actor, node_id, reason=reason)
         return transition
 

@@ -24,6 +24,8 @@ from functools import lru_cache
 from typing import cast
 
 from lightgate.config import VerifierConfig
+from verifier.admission.decide import NodeTrust
+from verifier.admission.index import entry_after_attestation, entry_of_node
 from verifier.appraiser import EvidenceAppraiser
 from verifier.ar4si import StatusName
 from verifier.credential import Credential, CredentialError, make_credential
@@ -86,7 +88,7 @@ from verifier.store import (
     PendingEnrollment,
     Store,
 )
-from verifier.store.records import TRUST_ENROLLED, TRUST_REVOKED
+from verifier.store.records import TRUST_ENROLLED, TRUST_LASTING, TRUST_REVOKED, ResultRecord
 
 log = logging.getLogger("lightgate.verifier")
 
@@ -169,6 +171,7 @@ class Verifier:
         self.references = References(store, config, clock)
         self._appraiser = EvidenceAppraiser(config, self.references)
         self._endorsements: dict[tuple[str, bytes, datetime | None], Endorsement] = {}
+        self._trust_listeners: list[Callable[[NodeTrust], object]] = []
 
     # --- enrollment --------------------------------------------------------------------
 
@@ -275,6 +278,8 @@ class Verifier:
                 "the secret returned is not the one sealed to the EK for this AK", node_id=node_id
             ) from None
         _log_decision("enrolled", node_id, ek=node.ek_fingerprint)
+        for listener in self._trust_listeners:
+            listener(entry_of_node(node))
         return node
 
     # --- attestation -------------------------------------------------------------------
@@ -366,7 +371,32 @@ class Verifier:
             workarounds=list(record.workarounds),
             findings=len(record.findings),
         )
+        self._tell_trust(record, result)
         return _outcome(record, result.id)
+
+    def on_trust_change(self, listener: Callable[[NodeTrust], object]) -> None:
+        """Call `listener` with a node's trust right after each of its attestations
+        commits (the admission trust index)."""
+        self._trust_listeners.append(listener)
+
+    def _tell_trust(self, record: AttestationRecord, result: ResultRecord) -> None:
+        if not self._trust_listeners or result.trust_state is None:
+            return
+        state = result.trust_state
+        entry = entry_after_attestation(
+            node_id=record.node_id,
+            state=state,
+            since=result.trust_since,
+            expires_at=record.expires_at if state in TRUST_LASTING else None,
+            reason=result.trust_reason,
+            status=record.status,
+            ear=record.ear,
+            appraisal_input=record.appraisal_input,
+            site=record.site,
+            attested_at=record.received_at,
+        )
+        for listener in self._trust_listeners:
+            listener(entry)
 
     def forget_cached(self) -> None:
         """Appraise the next attestations from nothing kept (benchmarks, tests)."""
