@@ -31,12 +31,14 @@ import grpc
 
 from attestor.collect.boot_log import read_boot_log
 from attestor.collect.runtime_log import AssetTagUnusable, RuntimeLog, asset_tag_bytes
+from attestor.credentials import CredentialClient
 from attestor.source_address import SourceAddressRelay, split_host_port
 from attestor.state_files import write_atomic
 from attestor.tpm import AkBlobs, Tpm, TpmError
 from lightgate import sdnotify
 from lightgate.config import AgentConfig
 from lightgate.wire import convert
+from lightgate.wire.v1 import admission_pb2_grpc as admission_grpc
 from lightgate.wire.v1 import attestation_pb2 as pb
 from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
 from verifier.evidence.errors import TpmStructureMalformed
@@ -137,10 +139,17 @@ def open_channel(config: AgentConfig, target: str | None = None) -> grpc.Channel
 class Agent:
     """One node's agent over one TPM and one verifier channel."""
 
-    def __init__(self, config: AgentConfig, tpm: Tpm, stub: pb_grpc.AttestationStub) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        tpm: Tpm,
+        stub: pb_grpc.AttestationStub,
+        credentials: admission_grpc.CredentialsStub | None = None,
+    ) -> None:
         self.config = config
         self.tpm = tpm
         self.stub = stub
+        self.credentials_stub = credentials
         self.state_dir = StateDir(config.state_dir)
         self.state = self.state_dir.load_state(config.node_id)
         self._ak: AkBlobs | None = None
@@ -213,6 +222,36 @@ class Agent:
             "records": len(runtime.events),
         }
         log.info("asset tag measured", extra={"fields": fields})
+
+    def _keep_certificate(self) -> None:
+        """Renew the certificate when due; a refusal is logged, and attestation goes on
+        at its interval (the gate refuses for reasons the next round may not have)."""
+        try:
+            self.credentials().keep_certificate()
+        except grpc.RpcError as exc:
+            log.warning(
+                "certificate not renewed",
+                extra={
+                    "fields": {
+                        "node": self.node_id,
+                        "code": exc.code().name,
+                        "detail": exc.details(),
+                    }
+                },
+            )
+
+    def credentials(self) -> CredentialClient:
+        """This node's client of the verifier's credential gate."""
+        if self.credentials_stub is None:
+            raise RuntimeError("this agent was built without a Credentials stub")
+        return CredentialClient(
+            self.node_id,
+            self.tpm,
+            self.ak,
+            self.config.state_dir,
+            self.credentials_stub,
+            self.config.rpc_timeout_seconds,
+        )
 
     def enroll_request(self) -> pb.EnrollRequest:
         endorsement = self.tpm.endorsement()
@@ -288,6 +327,8 @@ class Agent:
                 if not self.state.enrolled:
                     self.enroll()
                 response = self.attest_once()
+                if self.config.certificate and response.status == pb.TRUST_STATUS_AFFIRMING:
+                    self._keep_certificate()
                 failures = 0
                 sdnotify.notify(
                     f"STATUS=last attestation: {convert.STATUS_FROM_WIRE.get(response.status)}"
@@ -345,7 +386,12 @@ def run_agent(config: AgentConfig, stop: threading.Event) -> None:
             relay = SourceAddressRelay(config.verifier, config.source_address)
             target = stack.enter_context(relay).address
         channel = stack.enter_context(open_channel(config, target))
-        agent = Agent(config, tpm, pb_grpc.AttestationStub(channel))
+        agent = Agent(
+            config,
+            tpm,
+            pb_grpc.AttestationStub(channel),
+            admission_grpc.CredentialsStub(channel),
+        )
         sdnotify.notify("READY=1")
         agent.run(stop)
         sdnotify.notify("STOPPING=1")

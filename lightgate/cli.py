@@ -174,6 +174,7 @@ def _run_sim(plan: list[str], as_json: bool, workdir: Path | None) -> None:
                     "status": r.status,
                     "failed_checks": list(r.failed_checks),
                     "reason": r.reason,
+                    "admission": None if r.admission is None else r.admission.to_json(),
                 }
                 for r in results
             ]
@@ -231,6 +232,7 @@ def _print_results(results: list[Any]) -> None:
     table.add_column("scenario")
     table.add_column("verdict (checks)", overflow="fold")
     table.add_column("detail", ratio=1, min_width=20, overflow="fold")
+    table.add_column("scheduler · certificate", overflow="fold")
     table.add_column("", no_wrap=True)
     style = {"affirming": "green", "contraindicated": "red", "expired": "magenta"}
     for r in results:
@@ -240,13 +242,32 @@ def _print_results(results: list[Any]) -> None:
         verdict = f"[{style.get(r.status, 'yellow')}]{r.status}[/]"
         if checks:
             verdict += "\n" + ", ".join(checks)
-        table.add_row(r.node, r.scenario, verdict, detail, mark)
+        table.add_row(r.node, r.scenario, verdict, detail, _admission_cell(r.admission), mark)
     out.print(table)
     trusted = sum(r.status == "affirming" for r in results)
+    admitted = sum(bool(r.admission and r.admission.admitted) for r in results)
+    certified = sum(bool(r.admission and r.admission.certificate) for r in results)
     out.print(
-        f"{trusted} of {len(results)} nodes trusted; "
+        f"{trusted} of {len(results)} nodes trusted; {admitted} admitted by the scheduler "
+        f"extender (workload web, region eu-west); {certified} given a TPM-bound certificate; "
         f"{sum(r.as_expected for r in results)} of {len(results)} outcomes as expected"
     )
+
+
+def _admission_cell(admission: Any) -> str:
+    """What the scheduler extender and the credential gate made of a node."""
+    if admission is None:
+        return "-"
+    lines = [
+        "[green]admitted[/]" if admission.admitted else "[red]filtered out[/]",
+        f"[green]certificate[/] {admission.certificate[:12]}…"
+        if admission.certificate
+        else "[red]no certificate[/]",
+    ]
+    if admission.revoked_serial is not None:
+        crl = "on the CRL" if admission.revoked_on_crl else "[red]NOT on the CRL[/]"
+        lines.append(f"earlier certificate {admission.revoked_serial[:12]}… {crl}")
+    return "\n".join(lines)
 
 
 @sim_app.command("demo")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,11 +19,24 @@ from sqlalchemy.exc import SQLAlchemyError
 from lightgate.config import VerifierConfig
 from lightgate.wire.v1 import admin_pb2 as admin_pb
 from lightgate.wire.v1 import admin_pb2_grpc as admin_pb_grpc
+from lightgate.wire.v1 import admission_pb2 as admission_pb
+from lightgate.wire.v1 import admission_pb2_grpc as admission_pb_grpc
 from lightgate.wire.v1 import attestation_pb2 as pb
 from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
 from lightgate.wire.v1 import results_pb2 as results_pb
 from lightgate.wire.v1 import results_pb2_grpc as results_pb_grpc
+from verifier.admission.ca import (
+    LocalCertificateAuthority,
+    LocalTokenIssuer,
+)
+from verifier.admission.gate import NONCE_SECRET, CredentialGate
+from verifier.admission.index import TrustIndex, entries_from_rows, entry_of
 from verifier.api.admin import AdminServicer, OperatorAuth
+from verifier.api.admission import (
+    CredentialsServicer,
+    NodeTrustServicer,
+    add_credential_routes,
+)
 from verifier.api.attestation import AttestationServicer
 from verifier.api.https import (
     HttpsServer,
@@ -32,6 +46,7 @@ from verifier.api.https import (
     add_key_routes,
     is_loopback,
 )
+from verifier.api.kubernetes import add_kubernetes_routes
 from verifier.api.results import ResultsServicer
 from verifier.enrollment import TrustStore
 from verifier.operators import Operators
@@ -46,6 +61,11 @@ EXPIRY_SWEEP_SECONDS = 1.0
 ATTESTATION_SERVICE = pb.DESCRIPTOR.services_by_name["Attestation"].full_name
 RESULTS_SERVICE = results_pb.DESCRIPTOR.services_by_name["Results"].full_name
 ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["Admin"].full_name
+NODE_TRUST_SERVICE = admission_pb.DESCRIPTOR.services_by_name["NodeTrust"].full_name
+CREDENTIALS_SERVICE = admission_pb.DESCRIPTOR.services_by_name["Credentials"].full_name
+#: Changes by other replicas are read a little further back than the last read, so a
+#: clock a little behind on another replica loses nothing (the index ignores repeats).
+SYNC_OVERLAP = timedelta(seconds=5)
 
 
 def load_trust_store(config: VerifierConfig) -> TrustStore:
@@ -69,10 +89,17 @@ class RunningVerifier:
     admin_server: grpc.Server | None = None
     admin_port: int = 0
     https: HttpsServer | None = None
+    index: TrustIndex | None = None
+    gate: CredentialGate | None = None
+    _admission: threading.Thread | None = None
 
     def stop(self, grace: float = 1.0) -> None:
         self._stop.set()
         self.server.stop(grace).wait()
+        if self._admission is not None:
+            self._admission.join(timeout=5)
+        if self.gate is not None:
+            self.gate.stop()
         if self.admin_server is not None:
             self.admin_server.stop(grace).wait()
         if self.https is not None:
@@ -111,11 +138,16 @@ def start_verifier(config: VerifierConfig) -> RunningVerifier:
     pb_grpc.add_AttestationServicer_to_server(AttestationServicer(verifier), server)
     results = ResultsServicer(verifier.jwks, verifier.latest_result)
     results_pb_grpc.add_ResultsServicer_to_server(results, server)
+    index, gate, https_box = _admission(config, store, verifier)
+    admission_pb_grpc.add_NodeTrustServicer_to_server(
+        NodeTrustServicer(index, utc_now, max_watches=max(1, config.workers // 2)), server
+    )
+    admission_pb_grpc.add_CredentialsServicer_to_server(CredentialsServicer(gate), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    services = (ATTESTATION_SERVICE, RESULTS_SERVICE, NODE_TRUST_SERVICE, CREDENTIALS_SERVICE)
     reflection.enable_server_reflection(
-        (ATTESTATION_SERVICE, RESULTS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
-        server,
+        (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     if config.tls_cert and config.tls_key:
         credentials = grpc.ssl_server_credentials(
@@ -128,8 +160,9 @@ def start_verifier(config: VerifierConfig) -> RunningVerifier:
         store.close()
         raise OSError(f"cannot listen on {config.listen}")
     try:
-        admin_server, admin_port = _admin_server(config, store, verifier)
-        https = _https_server(config, verifier)
+        admin_server, admin_port = _admin_server(config, store, verifier, index)
+        https = _https_server(config, verifier, index, gate)
+        https_box.append(https)
     except (OSError, ListenRefused, ValueError):
         server.stop(0)
         store.close()
@@ -139,11 +172,16 @@ def start_verifier(config: VerifierConfig) -> RunningVerifier:
         admin_server.start()
     if https is not None:
         https.start()
-    for service in ("", ATTESTATION_SERVICE, RESULTS_SERVICE):
+    for service in ("", *services):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     stop = threading.Event()
     purger = threading.Thread(target=_housekeeping, args=(store, verifier, stop), daemon=True)
     purger.start()
+    gate.start()
+    admission = threading.Thread(
+        target=_keep_index, args=(store, index, config, stop), name="trust-index", daemon=True
+    )
+    admission.start()
     log.info(
         "verifier listening",
         extra={
@@ -160,12 +198,99 @@ def start_verifier(config: VerifierConfig) -> RunningVerifier:
         },
     )
     return RunningVerifier(
-        config, store, verifier, server, port, stop, purger, admin_server, admin_port, https
+        config,
+        store,
+        verifier,
+        server,
+        port,
+        stop,
+        purger,
+        admin_server,
+        admin_port,
+        https,
+        index,
+        gate,
+        admission,
     )
 
 
-def _admin_server(
+def _admission(
     config: VerifierConfig, store: Store, verifier: Verifier
+) -> tuple[TrustIndex, CredentialGate, list[HttpsServer | None]]:
+    """The trust index (loaded from the store, fed by this verifier's attestations)
+    and the credential gate over it.  `https_box` receives the HTTPS server once it is
+    built: the token issuer's URL and the CRL's are its URL."""
+    admission = config.admission
+    index = TrustIndex(admission.watch_queue)
+    index.load(entries_from_rows(store.trust_index()))
+    verifier.on_trust_change(lambda entry: index.update(entry, utc_now()))
+    https_box: list[HttpsServer | None] = []
+
+    def https_url() -> str | None:
+        server = https_box[0] if https_box else None
+        return None if server is None else server.url
+
+    def issuer() -> str:
+        return (
+            admission.issuer
+            or https_url()
+            or f"urn:lightgate:verifier:{config.results.verifier_id}"
+        )
+
+    def crl_url() -> str | None:
+        url = https_url()
+        return None if url is None else f"{url}/ca/crl"
+
+    def ak_of(node_id: str) -> bytes | None:
+        node = store.get_node(node_id)
+        return None if node is None or node.state != "enrolled" else node.ak_public
+
+    now = utc_now()
+    ca = LocalCertificateAuthority.shared(
+        lambda name, make: store.shared_secret(name, make, now), admission.ca_common_name, now
+    )
+    tokens = LocalTokenIssuer(issuer, lambda: verifier.references.keys.active, verifier.jwks)
+    gate = CredentialGate(
+        store=store,
+        index=index,
+        ca=ca,
+        tokens=tokens,
+        config=admission,
+        nonce_key=store.shared_secret(NONCE_SECRET, lambda: os.urandom(32), now),
+        ak_of=ak_of,
+        clock=utc_now,
+        crl_url=crl_url,
+    )
+    return index, gate, https_box
+
+
+def _keep_index(
+    store: Store, index: TrustIndex, config: VerifierConfig, stop: threading.Event
+) -> None:
+    """Tell watchers of each expiry when it happens, and read other replicas' changes
+    every `sync_seconds`."""
+    every = config.admission.sync_seconds
+    synced_at = utc_now()
+    next_sync = time.monotonic() + every
+    while not stop.is_set():
+        now = utc_now()
+        index.expire_due(now)
+        if time.monotonic() >= next_sync:
+            try:
+                index.sync(store.trust_index(changed_since=synced_at - SYNC_OVERLAP), now)
+                synced_at = now
+            except SQLAlchemyError:  # the database is away: try again next time
+                log.warning("trust index sync failed", exc_info=True)
+            next_sync = time.monotonic() + every
+        wait = next_sync - time.monotonic()
+        upcoming = index.next_expiry()
+        if upcoming is not None:
+            wait = min(wait, (upcoming - utc_now()).total_seconds())
+        stop.wait(max(0.005, wait))
+
+
+def _admin_server(
+    config: VerifierConfig, store: Store, verifier: Verifier, index: TrustIndex
 ) -> tuple[grpc.Server | None, int]:
     """The operator API on its own listener, so that the agents' port never serves it."""
     admin = config.admin
@@ -178,7 +303,12 @@ def _admin_server(
             ("grpc.so_reuseport", 0),  # a second verifier must not share this port
         ],
     )
-    operators = Operators(store, config, verifier.references, utc_now)
+
+    def trust_changed(node_id: str) -> None:
+        for row in store.trust_index(node_id=node_id):
+            index.update(entry_of(row), utc_now())
+
+    operators = Operators(store, config, verifier.references, utc_now, trust_changed)
     admin_pb_grpc.add_AdminServicer_to_server(
         AdminServicer(operators, OperatorAuth(admin), utc_now), server
     )
@@ -209,12 +339,16 @@ def _admin_server(
     return server, port
 
 
-def _https_server(config: VerifierConfig, verifier: Verifier) -> HttpsServer | None:
+def _https_server(
+    config: VerifierConfig, verifier: Verifier, index: TrustIndex, gate: CredentialGate
+) -> HttpsServer | None:
     listen = config.results.https_listen
     if listen is None:
         return None
     router = Router()
     add_key_routes(router, verifier.jwks)
+    add_kubernetes_routes(router, index.get, utc_now, config.admission)
+    add_credential_routes(router, gate)
     tls = None
     if config.tls_cert and config.tls_key:
         tls = TlsFiles(config.tls_cert, config.tls_key)

@@ -25,6 +25,7 @@ from lightgate.admin_client import new_token
 from lightgate.config import (
     AdminConfig,
     AdminToken,
+    AdmissionConfig,
     AgentConfig,
     AttestationConfig,
     EnrollmentConfig,
@@ -33,11 +34,13 @@ from lightgate.config import (
     SiteRule,
     VerifierConfig,
 )
+from lightgate.sim.admission import AdmissionOutcome, SimAdmission
 from lightgate.sim.boot import fixture_path, golden_from_fixture, import_golden, measure_boot
 from lightgate.sim.scenarios import SCENARIOS, Environment, Scenario, Verdict, check_plan
 from lightgate.sim.swtpm import SimulatorCA, Swtpm, provision, require_tools
 from lightgate.wire.v1 import admin_pb2 as admin_pb
 from lightgate.wire.v1 import admin_pb2_grpc as admin_pb_grpc
+from lightgate.wire.v1 import admission_pb2_grpc as admission_pb_grpc
 from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
 from verifier.server import start_verifier
 
@@ -62,12 +65,27 @@ class NodeResult:
     as_expected: bool
     ak: str = ""  # the node's AK kind
     failed_checks: tuple[str, ...] = ()
+    admission: AdmissionOutcome | None = None
 
     def to_json(self) -> dict[str, object]:
-        return asdict(self)
+        document = asdict(self)
+        document["admission"] = None if self.admission is None else self.admission.to_json()
+        return document
 
 
 Progress = Callable[[str], None]
+
+
+def _admitted_as_expected(scenario: Scenario, admission: AdmissionOutcome | None) -> bool:
+    """Trusted nodes are admitted and get a certificate; every other node is filtered
+    out and refused one; a node revoked mid-run has its earlier certificate on the CRL."""
+    if admission is None:
+        return True  # the fleet ran without the admission checks
+    trusted = scenario.expect is None
+    issued = admission.certificate is not None
+    if admission.admitted != trusted or issued != trusted:
+        return False
+    return scenario.name != "revoked" or admission.revoked_on_crl is True
 
 
 def _as_expected(scenario: Scenario, verdict: Verdict) -> bool:
@@ -128,6 +146,8 @@ def sim_verifier_config(root: Path, operator_token_sha256: str) -> VerifierConfi
             listen="127.0.0.1:0",
             tokens=[AdminToken(operator="simulator", sha256=operator_token_sha256)],
         ),
+        # Trust lasts seconds here; a certificate for the rest of it still shows the gate.
+        admission=AdmissionConfig(min_credential_seconds=0.5),
     )
 
 
@@ -198,6 +218,7 @@ def run_fleet(
             foreign_tpm=(lambda: Tpm(swtpms[foreign_dir].tcti)) if foreign_dir in swtpms else None,
             operator=operator,
             trust_seconds=SIM_TRUST_SECONDS,
+            admission=SimAdmission(verifier.https.url) if verifier.https is not None else None,
         )
 
         fleet = _Fleet(root, address, nodes, {n: swtpms[tpm_dirs[n]].tcti for n in nodes}, env)
@@ -250,21 +271,32 @@ def _run_node(fleet: _Fleet, node: str, scenario_name: str) -> NodeResult:
             )
             tpm = own.enter_context(Tpm(agent_config.tcti, agent_config.ek_kind))
             measure_boot(tpm, boot_log)  # the firmware's measurements, at power-on
-            agent = Agent(agent_config, tpm, pb_grpc.AttestationStub(channel))
+            agent = Agent(
+                agent_config,
+                tpm,
+                pb_grpc.AttestationStub(channel),
+                admission_pb_grpc.CredentialsStub(channel),
+            )
             verdict = scenario.run(agent, fleet.env)
+            admission = None
+            if fleet.env.admission is not None:
+                admission = fleet.env.admission.check(agent)
     except grpc.RpcError as exc:
         verdict = Verdict("none", exc.details() or exc.code().name)
+        admission = None
     except TpmError as exc:
         verdict = Verdict("none", f"tpm: {exc}")
+        admission = None
     return NodeResult(
         node,
         scenario_name,
         verdict.status,
         verdict.reason,
         scenario.expect or "affirming",
-        _as_expected(scenario, verdict),
+        _as_expected(scenario, verdict) and _admitted_as_expected(scenario, admission),
         ak={"ecc": "ECC P-256 AK", "rsa": "RSA-2048 AK"}[agent_config.ak_algorithm],
         failed_checks=verdict.failed_checks,
+        admission=admission,
     )
 
 

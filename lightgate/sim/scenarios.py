@@ -19,6 +19,7 @@ import grpc
 
 from attestor.agent import Agent
 from attestor.tpm import Tpm, TpmError
+from lightgate.sim.admission import SimAdmission
 from lightgate.wire import convert
 from lightgate.wire.v1 import attestation_pb2 as pb
 
@@ -55,6 +56,7 @@ class Environment:
     foreign_tpm: Callable[[], Tpm] | None = None
     operator: Operator | None = None
     trust_seconds: float = 0.0
+    admission: SimAdmission | None = None
 
 
 @dataclass(frozen=True)
@@ -190,8 +192,13 @@ def revoked(agent: Agent, env: Environment) -> Verdict:
     first = _verdict(agent.attest_once())
     if first.status != "affirming":
         return first
+    if env.admission is not None:  # trusted so far: it holds a certificate
+        env.admission.before_revocation(agent)
     env.operator.revoke(agent.node_id, "simulated: the node's disk was reported stolen")
-    return _verdict(agent.attest_once())
+    verdict = _verdict(agent.attest_once())
+    if env.admission is not None:
+        env.admission.after_revocation(agent.node_id)
+    return verdict
 
 
 SCENARIOS: dict[str, Scenario] = {

@@ -54,8 +54,15 @@ def test_sim_demo_json() -> None:
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     nodes = json.loads(done.stdout)["nodes"]
-    fields = {"node", "scenario", "status", "failed_checks", "reason"}
+    fields = {"node", "scenario", "status", "failed_checks", "reason", "admission"}
     assert all(set(node) == fields for node in nodes)
+    for node in nodes:  # the scheduler and the credential gate follow trust
+        admission = node["admission"]
+        trusted = node["scenario"] == "good"
+        assert admission["extender"]["admitted"] is trusted, node
+        assert admission["certificate"]["issued"] is trusted, node
+        if not trusted:
+            assert admission["extender"]["reason"] and admission["certificate"]["reason"], node
     by_scenario: dict[str, list[dict[str, Any]]] = {}
     for node in nodes:
         by_scenario.setdefault(node["scenario"], []).append(node)
@@ -70,6 +77,12 @@ def test_sim_demo_json() -> None:
         assert NAMED.get(node["scenario"], "") in node["reason"], node
     (expired,) = by_scenario["expired"]
     assert expired["status"] == "expired"
+    # revoked mid-run: filtered out, and the certificate it held is on the CRL
+    (revoked,) = by_scenario["revoked"]
+    assert revoked["admission"]["revoked_certificate_on_crl"] is True
+    assert "revoked" in revoked["admission"]["extender"]["reason"]
+    (wrong,) = by_scenario["wrong-location"]
+    assert not wrong["admission"]["extender"]["admitted"]
 
 
 def test_sim_run_unknown_scenario_is_one_error_line() -> None:
