@@ -121,3 +121,25 @@ def test_appraisal_json_shape() -> None:
     assert isinstance(checks, dict) and checks and all(checks.values()), checks
     info = document["baseline_info"]
     assert isinstance(info, dict) and info["status"].startswith("skipped")
+
+
+def test_admission_json_shape() -> None:
+    document = run_benchmark("admission")
+    check_shape(
+        document,
+        "admission",
+        {
+            "filter_1k",
+            "filter_10k",
+            "grpc_filter_1k",
+            "grpc_filter_10k",
+            "extender_filter_1k",
+            "watch_revoked",
+            "watch_expired",
+            "watch_lost",
+        },
+    )
+    checks = document["checks"]
+    assert isinstance(checks, dict) and checks and all(checks.values()), checks
+    for op in ("filter_1k", "watch_revoked"):
+        assert document["results"][op]["p99_us"] >= document["results"][op]["median_us"]
