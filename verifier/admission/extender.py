@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Final, NamedTuple
 
 from lightgate.config import AdmissionConfig
 from verifier.admission.decide import RefusalKind, Requirements, Verdict, filter_nodes, score
@@ -70,8 +70,7 @@ class ExtenderArgs:
     full_nodes: bool  # `Nodes` was sent (nodeCacheCapable: false), not `NodeNames`
 
 
-@dataclass(frozen=True, slots=True)
-class Refused:
+class Refused(NamedTuple):
     candidate: Candidate
     reason: str  # the node's full reason, for the log
     summary: str  # the one line the scheduler shows (see the module doc)
@@ -133,10 +132,12 @@ def _first_of_each_name(candidates: Iterable[Candidate]) -> tuple[Candidate, ...
 
 def _ids_claimed_twice(candidates: Iterable[Candidate]) -> frozenset[str]:
     """Node ids more than one Kubernetes node maps to (a copied label, a bad table)."""
-    names_by_id: dict[str, set[str]] = {}
-    for candidate in candidates:
-        names_by_id.setdefault(candidate.node_id, set()).add(candidate.name)
-    return frozenset(node_id for node_id, names in names_by_id.items() if len(names) > 1)
+    first_name: dict[str, str] = {}
+    twice: set[str] = set()
+    for candidate in candidates:  # names are unique here (_first_of_each_name)
+        if first_name.setdefault(candidate.node_id, candidate.name) != candidate.name:
+            twice.add(candidate.node_id)
+    return frozenset(twice)
 
 
 def _claimed_twice(candidate: Candidate, candidates: Iterable[Candidate]) -> Refused:

