@@ -240,7 +240,8 @@ class TrustIndex:
                 if old is not None and (new is None or new < old):
                     return None  # older than what is held (a slow sync)
             self._entries[entry.node_id] = entry
-            if entry.expires_at is not None and entry.state_at(now) != EXPIRED:
+            moved = before is None or before.expires_at != entry.expires_at
+            if moved and entry.expires_at is not None and entry.state_at(now) != EXPIRED:
                 heapq.heappush(self._expiries, (entry.expires_at, entry.node_id))
             kind = change_kind(before, entry, now)
             if kind is None:

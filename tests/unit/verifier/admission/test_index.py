@@ -142,3 +142,12 @@ def test_closing_a_watch_ends_it() -> None:
     assert index.watchers == 0
     with pytest.raises(WatchClosed):
         watcher.next(0.01)
+
+
+def test_the_same_entry_read_again_is_told_expired_once() -> None:
+    index = TrustIndex()
+    watcher = index.watch()
+    for _ in range(3):  # a sync reading the same row again
+        index.update(affirming("a", lasts=60), NOW)
+    drain(watcher)
+    assert len(index.expire_due(NOW + timedelta(seconds=60))) == 1
