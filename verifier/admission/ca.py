@@ -24,7 +24,7 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Final, Protocol
 
 from cryptography import x509
@@ -368,7 +368,3 @@ def openid_configuration(issuer: str) -> dict[str, object]:
         "token_endpoint_auth_methods_supported": ["none"],
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "cnf"],
     }
-
-
-def utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

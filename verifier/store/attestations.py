@@ -118,7 +118,14 @@ def record_attestation(
         )
         before = lapsed
     trust = trust_after(before.state, attestation.status)
-    statement, node_values = _node_update(writes, attestation, before, trust)
+    after = _Trust(
+        trust,
+        attestation.received_at if trust != before.state else before.since,
+        # A revoked node keeps the reason it was revoked for.
+        before.reason if trust == TRUST_REVOKED else attestation.reason,
+        attestation.expires_at if trust in TRUST_LASTING else None,
+    )
+    statement, node_values = _node_update(writes, attestation, after)
     if writes.run(connection, statement, node_values).rowcount != 1:
         raise UnknownNode(attestation.node_id)
     event_log_sha256 = _store_event_log(connection, writes, attestation, stored_logs)
@@ -195,9 +202,9 @@ def record_attestation(
         ear=attestation.ear,
         expires_at=attestation.expires_at,
         evidence_digest=attestation.evidence_digest,
-        trust_state=trust,
-        trust_since=attestation.received_at if trust != before.state else before.since,
-        trust_reason=before.reason if trust == TRUST_REVOKED else attestation.reason,
+        trust_state=after.state,
+        trust_since=after.since,
+        trust_reason=after.reason,
     )
 
 
@@ -266,20 +273,18 @@ def _lapsed(before: _Trust, at: datetime) -> _Trust | None:
 
 
 def _node_update(
-    writes: Writes, attestation: AttestationRecord, before: _Trust, trust: str
+    writes: Writes, attestation: AttestationRecord, after: _Trust
 ) -> tuple[str, dict[str, Any]]:
     """The UPDATE of the node after `attestation` (its name), and its parameters."""
-    changed = trust != before.state
     w = writes
     values: dict[str, Any] = {
         "where_node_id": attestation.node_id,
         "last_attested_at": w.time(attestation.received_at),
         "last_status": attestation.status,
-        "trust_state": trust,
-        "trust_since": w.time(attestation.received_at if changed else before.since),
-        # A revoked node keeps the reason it was revoked for.
-        "trust_reason": before.reason if trust == TRUST_REVOKED else attestation.reason,
-        "trust_expires_at": w.time(attestation.expires_at if trust in TRUST_LASTING else None),
+        "trust_state": after.state,
+        "trust_since": w.time(after.since),
+        "trust_reason": after.reason,
+        "trust_expires_at": w.time(after.expires_at),
         "last_peer": attestation.peer[:255],
         "last_site": attestation.site,
     }
