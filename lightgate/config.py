@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from verifier.evidence.tpm_structures import HashAlg, PcrSelection
@@ -197,8 +197,11 @@ class AdmissionConfig(BaseModel):
     webhook (routes on the HTTPS listener) and the credential gate."""
 
     # Kubernetes node name -> Lightgate node id; a name not listed is looked up by the
-    # node's label `node_label` (full-node extender mode), else taken as the node id.
+    # node's label `node_label` (full-node extender mode), else (`node_id_source:
+    # name`) taken as the node id; with `label`, a node neither listed nor labelled is
+    # unknown, and refused.
     node_names: dict[str, str] = Field(default_factory=dict)
+    node_id_source: Literal["name", "label"] = "name"
     # A label under node-restriction.kubernetes.io/, which the NodeRestriction admission
     # plugin keeps kubelets from setting on their own Node: a compromised node cannot
     # claim another node's identity (and with it, its trust).
@@ -210,20 +213,34 @@ class AdmissionConfig(BaseModel):
     # (fail closed); "open" admits it with a warning instead.
     webhook_on_error: Literal["closed", "open"] = "closed"
     # Certificates and tokens never outlive the node's trust, nor these lifetimes.
-    certificate_lifetime_seconds: float = Field(default=3600.0, gt=0)
-    token_lifetime_seconds: float = Field(default=600.0, gt=0)
+    certificate_lifetime_seconds: float = Field(
+        default=3600.0, gt=0, le=90 * 86400.0, allow_inf_nan=False
+    )
+    token_lifetime_seconds: float = Field(default=600.0, gt=0, le=86400.0, allow_inf_nan=False)
     # A credential that could last less than this (the node's trust ends sooner) is
     # refused until the node attests again.
-    min_credential_seconds: float = Field(default=5.0, gt=0)
+    min_credential_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    # The audiences tokens may be issued for (`aud`); none: no token is issued.
+    token_audiences: tuple[str, ...] = ()
     # The OIDC issuer (the `iss` of tokens); None: the HTTPS listener's URL.
     issuer: str | None = None
     ca_common_name: str = "Lightgate node CA"
     # How long a credential challenge nonce may be used.
-    challenge_ttl_seconds: float = Field(default=60.0, gt=0)
+    challenge_ttl_seconds: float = Field(default=60.0, gt=0, le=3600.0, allow_inf_nan=False)
     # Watch: changes queued per watcher before it counts as slow and is dropped.
-    watch_queue: int = Field(default=4096, ge=16)
+    watch_queue: int = Field(default=4096, ge=16, le=1 << 20)
     # How often trust changes made by other replicas are read from the store.
-    sync_seconds: float = Field(default=0.5, gt=0)
+    sync_seconds: float = Field(default=0.5, gt=0, le=60.0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _credentials_can_last(self) -> AdmissionConfig:
+        shortest = min(self.certificate_lifetime_seconds, self.token_lifetime_seconds)
+        if self.min_credential_seconds >= shortest:
+            raise ValueError(
+                f"min_credential_seconds ({self.min_credential_seconds}) must be below both"
+                f" credential lifetimes ({shortest}): no credential could ever be issued"
+            )
+        return self
 
 
 class VerifierConfig(_EnvFirst):
@@ -246,6 +263,21 @@ class VerifierConfig(_EnvFirst):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+
+    @model_validator(mode="after")
+    def _public_url_known(self) -> VerifierConfig:
+        """Tokens' `iss` and certificates' CRL address must be a URL relying parties can
+        reach: a listener on every address is none."""
+        listen = self.results.https_listen
+        if self.admission.issuer is None and listen is not None:
+            host = listen.rsplit(":", 1)[0].strip("[]")
+            if host in ("", "0.0.0.0", "::"):  # noqa: S104 (recognised, not bound)
+                raise ValueError(
+                    f"results.https_listen {listen} listens on every address: set"
+                    " admission.issuer to the verifier's public HTTPS URL (the tokens' iss,"
+                    " the base of certificates' CRL address)"
+                )
+        return self
 
     def database(self) -> str:
         return self.database_url or f"sqlite:///{self.state_dir / 'verifier.db'}"

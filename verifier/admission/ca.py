@@ -181,11 +181,11 @@ class LocalCertificateAuthority:
 
     def issue(self, order: CertificateOrder) -> bytes:
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, order.node_id)])
+        # Only the node URI: a node chooses its own id at enrollment, so a DNS name (or
+        # server authentication) in its certificate would let it claim any host.
         alternatives: list[x509.GeneralName] = [
             x509.UniformResourceIdentifier(node_uri(order.node_id))
         ]
-        if _is_dns_name(order.node_id):
-            alternatives.append(x509.DNSName(order.node_id))
         builder = (
             x509.CertificateBuilder()
             .subject_name(name)
@@ -210,9 +210,7 @@ class LocalCertificateAuthority:
                 critical=True,
             )
             .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
-                ),
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
                 critical=False,
             )
             .add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
@@ -312,20 +310,6 @@ def new_serial() -> int:
 def node_uri(node_id: str) -> str:
     """The SAN URI that names a node (RFC 8141 URN syntax; node ids are URN-safe)."""
     return f"urn:lightgate:node:{node_id}"
-
-
-def _is_dns_name(text: str) -> bool:
-    labels = text.split(".")
-    return (
-        all(
-            0 < len(label) <= 63
-            and label[0].isalnum()
-            and label[-1].isalnum()
-            and all(c.isalnum() or c == "-" for c in label)
-            for label in labels
-        )
-        and text.isascii()
-    )
 
 
 # --- the built-in token issuer --------------------------------------------------------

@@ -187,17 +187,23 @@ def _boolean(key: str, value: str) -> bool:
     return value == "true"
 
 
+#: The id of a node that `node_id_source: label` cannot map (see kubernetes_node_id).
+UNMAPPED: Final = "unmapped/"
+
+
 def kubernetes_node_id(
     node_name: str, labels: Mapping[str, str] | None, config: AdmissionConfig
 ) -> str:
     """The Lightgate node id of a Kubernetes node: configured name first, then the
-    node's `node_label` (only when the full Node was sent), else the name itself."""
+    node's `node_label` (only when the full Node was sent), else the name itself; with
+    `node_id_source: label`, never the name: `unmapped/<name>`, an id no node can
+    enroll under ('/' is not allowed in one), so the node is judged unknown."""
     configured = config.node_names.get(node_name)
     if configured:
         return configured
     if labels is not None and labels.get(config.node_label):
         return labels[config.node_label]
-    return node_name
+    return node_name if config.node_id_source == "name" else f"{UNMAPPED}{node_name}"
 
 
 def kind_and_reason(verdict: Verdict) -> str:

@@ -1,9 +1,11 @@
 """The validating admission webhook (admission.k8s.io/v1 AdmissionReview), as pure
 functions over the trust index.
 
-The webhook (admission.k8s.io/v1 AdmissionReview) judges the two ways a pod reaches a
-node: the `pods/binding` subresource (how schedulers place pods) and a Pod created with
-`spec.nodeName` already set (which skips the scheduler, and so the extender).
+The webhook (admission.k8s.io/v1 AdmissionReview) judges every way a pod reaches a
+node: the `pods/binding` subresource (how schedulers place pods), the older `bindings`
+resource (POST /api/v1/namespaces/{ns}/bindings, which binds the same way), and a Pod
+created with `spec.nodeName` already set (which skips the scheduler, and so the
+extender).
 
 A Binding does not carry the pod's annotations (kube-scheduler's binder sends only
 namespace, name and uid), and a webhook has no API client to fetch the pod: a binding
@@ -102,17 +104,23 @@ def review_request(body: bytes) -> Review:
 
 def placement_of(request: Mapping[str, object], config: AdmissionConfig) -> Placement | None:
     """The pod and node a review would place, or None when it places nothing: only a
-    CREATE of `pods/binding`, or of a Pod with `spec.nodeName`, puts a pod on a node
-    (`spec.nodeName` cannot be changed by an update, only set through a binding)."""
+    CREATE of `pods/binding` or `bindings`, or of a Pod with `spec.nodeName`, puts a pod
+    on a node (`spec.nodeName` cannot be changed by an update, only set through a
+    binding)."""
     resource = member_object(request, "resource", "request")
     if (
         member_text(request, "operation", "request") != "CREATE"
         or member_text(resource, "group", "request.resource") != ""
-        or member_text(resource, "resource", "request.resource") != "pods"
     ):
         return None
+    kind = member_text(resource, "resource", "request.resource")
     namespace = member_text(request, "namespace", "request")
     subresource = member_text(request, "subResource", "request")
+    if kind == "bindings" and subresource == "":
+        # POST /api/v1/namespaces/{ns}/bindings: the older way to bind, still served.
+        return _binding(member_object(request, "object", "request"), namespace, config)
+    if kind != "pods":
+        return None
     if subresource == "binding":
         return _binding(member_object(request, "object", "request"), namespace, config)
     if subresource == "":

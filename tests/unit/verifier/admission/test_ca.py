@@ -65,18 +65,14 @@ def test_certificate_says_what_the_order_says() -> None:
     assert certificate.not_valid_after_utc == order.not_after
     san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [node_uri("node-7.lab")]
-    assert san.get_values_for_type(x509.DNSName) == ["node-7.lab"]
+    assert san.get_values_for_type(x509.DNSName) == []  # the node chose its id
+    usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usages) == [x509.ExtendedKeyUsageOID.CLIENT_AUTH]  # never a server's
     assert not certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     raw = certificate.extensions.get_extension_for_oid(ATTESTATION_EXTENSION_OID).value
     assert read_attestation_extension(raw.value) == (order.ear_digest, "affirming")
     points = certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     assert points[0].full_name[0].value == order.crl_url
-
-
-def test_a_node_id_that_is_no_dns_name_gets_only_the_uri() -> None:
-    certificate = x509.load_der_x509_certificate(_ca().issue(_order(node_id="rack:12@ams1")))
-    san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.DNSName) == []
 
 
 def test_crl_lists_the_revoked_serials() -> None:

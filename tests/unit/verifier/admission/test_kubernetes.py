@@ -476,6 +476,28 @@ def test_filter_label_ignored_without_full_nodes_and_table_first() -> None:
     assert result["FailedAndUnresolvableNodes"] == {"gpu-4": "lightgate: node not enrolled"}
 
 
+def test_label_source_never_takes_a_node_name_for_a_node_id() -> None:
+    """`node_id_source: label`: a node neither listed nor labelled is unknown, even
+    when its name is the id of a trusted node (in every extender mode and the webhook)."""
+    config = AdmissionConfig(node_id_source="label", node_names={"gpu-3": "worker-affirming"})
+    label = {config.node_label: "worker-affirming"}
+    nodes = [node("worker-affirming"), node("labelled", label)]
+    _, full = call(FILTER_PATH, nodes_args(nodes), routes(config))
+    assert [n["metadata"]["name"] for n in full["Nodes"]["items"]] == ["labelled"]
+    assert full["FailedAndUnresolvableNodes"] == {
+        "worker-affirming": "lightgate: node not enrolled"
+    }
+    _, names = call(FILTER_PATH, names_args(["gpu-3", "worker-affirming"]), routes(config))
+    assert names["NodeNames"] == ["gpu-3"]
+    assert names["FailedAndUnresolvableNodes"] == {
+        "worker-affirming": "lightgate: node not enrolled"
+    }
+    refused = review(binding_review("worker-affirming"), config)
+    assert not refused["allowed"]
+    assert "unmapped/worker-affirming" in refused["status"]["message"]
+    assert review(binding_review("gpu-3"), config)["allowed"]
+
+
 def test_filter_logs_one_event_with_every_node(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO", logger="lightgate.verifier.admission")
     call(FILTER_PATH, names_args(["worker-affirming", "worker-revoked"]))
@@ -643,6 +665,29 @@ def test_binding_in_each_state(name: str) -> None:
     message = response["status"]["message"]
     assert f"on node {name}: {kind}: " in message
     assert "binding pod shop/web-7d4b9c6f5-x2x9q" in message
+
+
+def legacy_binding_review(node_name: str, uid: str = "lb-1") -> Any:
+    """POST /api/v1/namespaces/shop/bindings: the `bindings` resource, no subresource."""
+    document = binding_review(node_name, uid=uid)
+    request = document["request"]
+    for field in ("resource", "requestResource"):
+        request[field] = {"group": "", "version": "v1", "resource": "bindings"}
+    for field in ("subResource", "requestSubResource"):
+        del request[field]  # the API server leaves an empty subresource out
+    return document
+
+
+@pytest.mark.parametrize("name", sorted(REVIEWED))
+def test_legacy_binding_in_each_state(name: str) -> None:
+    """The older bindings resource places a pod as pods/binding does: judged the same."""
+    response = review(legacy_binding_review(name, uid=f"uid-{name}"))
+    kind = REVIEWED[name]
+    assert response["allowed"] is (kind is None)
+    if kind is not None:
+        assert response["status"]["code"] == 403
+        message = response["status"]["message"]
+        assert f"binding pod shop/web-7d4b9c6f5-x2x9q on node {name}: {kind}: " in message
 
 
 @pytest.mark.parametrize("name", sorted(REVIEWED))
@@ -968,7 +1013,7 @@ def test_webhook_configuration_calls_the_route() -> None:
     assert 1 <= webhook["timeoutSeconds"] <= 30
     [rule] = webhook["rules"]
     assert rule["operations"] == ["CREATE"]
-    assert set(rule["resources"]) == {"pods", "pods/binding"}
+    assert set(rule["resources"]) == {"pods", "pods/binding", "bindings"}
     service = one(manifests("verifier-deployment.yaml"), "Service")
     target = webhook["clientConfig"]["service"]
     assert (target["namespace"], target["name"]) == (
@@ -989,6 +1034,7 @@ def test_verifier_configuration_is_valid_and_serves_the_routes_over_tls() -> Non
     assert config.results.https_listen.endswith(":8443")
     assert config.admission.webhook_on_error == "closed"
     assert config.admission.node_label.startswith("node-restriction.kubernetes.io/")
+    assert config.admission.issuer == "https://lightgate-verifier.lightgate.svc:8443"
     deployment = one(documents, "Deployment")
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert container["command"] + container["args"][:2] == ["attest", "verifier", "serve"]
@@ -997,3 +1043,12 @@ def test_verifier_configuration_is_valid_and_serves_the_routes_over_tls() -> Non
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == "lightgate-verifier-tls"
     assert volumes["config"]["configMap"]["name"] == one(documents, "ConfigMap")["metadata"]["name"]
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:8443", "[::]:8443", ":8443"])
+def test_a_listener_on_every_address_needs_the_public_url(listen: str) -> None:
+    """Otherwise tokens would name an issuer (and certificates a CRL) nobody can reach."""
+    with pytest.raises(ValueError, match=r"set admission\.issuer"):
+        VerifierConfig(results={"https_listen": listen})
+    named = VerifierConfig(results={"https_listen": listen}, admission={"issuer": "https://v"})
+    assert named.admission.issuer == "https://v"
