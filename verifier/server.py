@@ -63,9 +63,6 @@ RESULTS_SERVICE = results_pb.DESCRIPTOR.services_by_name["Results"].full_name
 ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["Admin"].full_name
 NODE_TRUST_SERVICE = admission_pb.DESCRIPTOR.services_by_name["NodeTrust"].full_name
 CREDENTIALS_SERVICE = admission_pb.DESCRIPTOR.services_by_name["Credentials"].full_name
-#: Changes by other replicas are read a little further back than the last read, so a
-#: clock a little behind on another replica loses nothing (the index ignores repeats).
-SYNC_OVERLAP = timedelta(seconds=5)
 
 
 def load_trust_store(config: VerifierConfig) -> TrustStore:
@@ -222,7 +219,8 @@ def _admission(
     built: the token issuer's URL and the CRL's are its URL."""
     admission = config.admission
     index = TrustIndex(admission.watch_queue)
-    index.load(entries_from_rows(store.trust_index()))
+    rows, mark = store.trust_changes()
+    index.load(entries_from_rows(rows), mark)
     verifier.on_trust_change(lambda entry: index.update(entry, utc_now()))
     https_box: list[HttpsServer | None] = []
 
@@ -238,12 +236,8 @@ def _admission(
         )
 
     def crl_url() -> str | None:
-        url = https_url()
-        return None if url is None else f"{url}/ca/crl"
-
-    def ak_of(node_id: str) -> bytes | None:
-        node = store.get_node(node_id)
-        return None if node is None or node.state != "enrolled" else node.ak_public
+        url = admission.issuer if admission.issuer is not None else https_url()
+        return None if url is None else f"{url.rstrip('/')}/ca/crl"
 
     now = utc_now()
     ca = LocalCertificateAuthority.shared(
@@ -257,7 +251,7 @@ def _admission(
         tokens=tokens,
         config=admission,
         nonce_key=store.shared_secret(NONCE_SECRET, lambda: os.urandom(32), now),
-        ak_of=ak_of,
+        node_of=store.get_node,
         clock=utc_now,
         crl_url=crl_url,
     )
@@ -270,18 +264,19 @@ def _keep_index(
     """Tell watchers of each expiry when it happens, and read other replicas' changes
     every `sync_seconds`."""
     every = config.admission.sync_seconds
-    synced_at = utc_now()
     next_sync = time.monotonic() + every
     while not stop.is_set():
         now = utc_now()
-        index.expire_due(now)
-        if time.monotonic() >= next_sync:
-            try:
-                index.sync(store.trust_index(changed_since=synced_at - SYNC_OVERLAP), now)
-                synced_at = now
-            except SQLAlchemyError:  # the database is away: try again next time
-                log.warning("trust index sync failed", exc_info=True)
-            next_sync = time.monotonic() + every
+        try:
+            index.expire_due(now)
+            if time.monotonic() >= next_sync:
+                next_sync = time.monotonic() + every
+                rows, mark = store.trust_changes(index.mark)
+                index.sync(rows, mark, now)
+        except SQLAlchemyError:  # the database is away: try again next time
+            log.warning("trust index sync failed", exc_info=True)
+        except Exception:  # a bug must not stop the index for good: logged, tried again
+            log.exception("trust index upkeep failed")
         wait = next_sync - time.monotonic()
         upcoming = index.next_expiry()
         if upcoming is not None:

@@ -394,6 +394,7 @@ class Verifier:
             appraisal_input=record.appraisal_input,
             site=record.site,
             attested_at=record.received_at,
+            version=result.trust_version or 0,
         )
         for listener in self._trust_listeners:
             listener(entry)

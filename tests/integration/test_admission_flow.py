@@ -24,6 +24,7 @@ from attestor.bound_key import csr_builder, load_or_create_bound_key
 from lightgate.config import (
     AdminConfig,
     AdminToken,
+    AdmissionConfig,
     LocationConfig,
     ResultsConfig,
     SiteRule,
@@ -60,6 +61,7 @@ def _verifier(make_verifier: VerifierFactory, database_url: str | None, **extra:
         "location": LocationConfig(
             sites=[SiteRule(cidr="127.0.0.0/8", site="lab", attributes=LAB)]
         ),
+        "admission": AdmissionConfig(token_audiences=("payments", "api.example")),
     }
     settings.update(extra)
     return make_verifier(database_url, **settings)
@@ -311,6 +313,8 @@ def test_credentials_are_tpm_bound_and_last_no_longer_than_trust(
     assert claims["cnf"] == {"jkt": thumbprint(tpm_key)}
     assert claims["exp"] <= trust_ends.timestamp()
     assert json.loads(b64url_decode(token.token.split(".")[0]))["typ"] == "at+jwt"
+    # an audience the verifier was not told to issue for: refused, whoever asks
+    assert "no token is issued for audience elsewhere" in _refused(lambda: node.token("elsewhere"))
 
     # trust lost: the certificate goes on the CRL, and nothing new is issued
     operator.revoke(node_id, "decommissioned")

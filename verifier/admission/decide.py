@@ -71,6 +71,7 @@ class NodeTrust:
     location: Mapping[str, str] = field(default_factory=dict)  # attested, confirmed
     site: str | None = None  # observed at the last attestation
     attested_at: datetime | None = None  # the last attestation
+    version: int = 0  # the store's trust_version: higher is newer (store/versions.py)
 
     def state_at(self, now: datetime) -> str:
         """The state at `now`: a lasting state past its expiry reads as expired, and so

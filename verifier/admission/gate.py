@@ -6,7 +6,9 @@ A request is granted only when, in this order:
    from attestation nonces), unexpired, and spent now for the first time;
 2. the node's enrolled AK signed both a TPM2_Certify and a TPM2_CertifyCreation of the
    key over that nonce (`verifier.evidence.certify`): the key is in the same TPM as the
-   AK, was created there and cannot leave it;
+   AK, was created there and cannot leave it; and the TPM has not been reset (rebooted)
+   since the quote that earned the node its trust (the certification's clockInfo against
+   the last accepted quote's): a reboot may have started anything;
 3. for a certificate, the CSR is signed by that key and asks for exactly that key;
 4. the trust index says the node is affirming now (warning is not enough for a
    credential) and, where the request names requirements, allowed for them;
@@ -17,7 +19,11 @@ A request is granted only when, in this order:
 Lifetimes never reach past the node's trust expiry.  When the index reports a node lost
 trust (lost, expired or revoked), its live credentials are revoked by a background
 worker: certificates go on the CRL, tokens simply run out (they live minutes, and no
-longer than the trust that vouched for them).
+longer than the trust that vouched for them).  A revocation that fails (the database is
+away) is tried again with backoff, and every `RECONCILE_SECONDS` the worker revokes the
+live credentials of any node the index does not trust now, so no loss is missed for
+good: not one whose event failed, nor one that raced an issue, nor one another replica
+saw first.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -56,14 +63,26 @@ from verifier.evidence.errors import EvidenceError
 from verifier.evidence.keys import AttestationKey
 from verifier.evidence.nonce import issued_at as nonce_issued_at
 from verifier.evidence.nonce import mint_nonce, read_nonce
+from verifier.evidence.quote import check_clock
 from verifier.jose import b64url, thumbprint
 from verifier.store import CredentialRecord, Store
-from verifier.store.records import CREDENTIAL_CERTIFICATE, CREDENTIAL_TOKEN
+from verifier.store.records import (
+    CREDENTIAL_CERTIFICATE,
+    CREDENTIAL_TOKEN,
+    NODE_ENROLLED,
+    NodeRecord,
+)
 
 log = logging.getLogger("lightgate.verifier.credentials")
 
 NONCE_SECRET: Final = "credential-nonce-hmac-sha256"  # noqa: S105 (a stored secret's name)
 LOSSES: Final = frozenset({"lost", "expired", "revoked"})
+#: How often the revocation worker checks every live credential against the index.
+RECONCILE_SECONDS: Final = 5.0
+#: The longest wait before a failed revocation is tried again.
+MOST_BACKOFF_SECONDS: Final = 5.0
+#: A CRL is made again at least this often (it says when the next one is due).
+CRL_REMADE: Final = timedelta(minutes=5)
 
 
 class CredentialRefused(VerifierError):
@@ -107,7 +126,7 @@ class CredentialGate:
         tokens: TokenIssuer,
         config: AdmissionConfig,
         nonce_key: bytes,
-        ak_of: Callable[[str], bytes | None],
+        node_of: Callable[[str], NodeRecord | None],
         clock: Callable[[], datetime],
         crl_url: Callable[[], str | None] = lambda: None,
     ) -> None:
@@ -117,13 +136,14 @@ class CredentialGate:
         self._tokens = tokens
         self._config = config
         self._nonce_key = nonce_key
-        self._ak_of = ak_of
+        self._node_of = node_of
         self._now = clock
         self._crl_url = crl_url
         self._revocations: queue.Queue[TrustChange | None] = queue.Queue()
+        self._failed: list[TrustChange] = []  # revocations to try again
+        self._stopping = threading.Event()
         self._crl_lock = threading.Lock()
-        self._crl: tuple[int, datetime, bytes] | None = None
-        self._crl_version = 0
+        self._crl: tuple[tuple[int, datetime | None], datetime, bytes] | None = None
         self._worker: threading.Thread | None = None
         index.add_listener(self._on_change)
 
@@ -194,6 +214,16 @@ class CredentialGate:
             raise MalformedRequest(
                 "a token needs an audience (1-512 characters each)", node_id=node_id
             )
+        allowed = self._config.token_audiences
+        unknown = sorted(set(audience) - set(allowed))
+        if unknown:
+            # Before the proof is checked: the nonce is not spent on a request that
+            # cannot succeed.
+            raise CredentialRefused(
+                f"no token is issued for audience {', '.join(unknown)}"
+                + ("" if allowed else " (admission.token_audiences lists none)"),
+                node_id=node_id,
+            )
         key = self._proven_key(node_id, certification, nonce)
         now = self._now()
         limit = self._config.token_lifetime_seconds
@@ -241,8 +271,8 @@ class CredentialGate:
         self, node_id: str, certification: KeyCertification, nonce: bytes
     ) -> CertifiedKey:
         """Checks 1 and 2: the nonce, then the AK's word for the key."""
-        ak_public = self._ak_of(node_id)
-        if ak_public is None:
+        node = self._node_of(node_id)
+        if node is None or node.state != NODE_ENROLLED or node.ak_public is None:
             raise UnknownNode("no enrolled node with that id", node_id=node_id)
         record = read_nonce(self._nonce_key, nonce, node_id)
         if record is None or record.node_id != node_id:
@@ -256,10 +286,19 @@ class CredentialGate:
             )
         try:
             key = verify_key_certification(
-                AttestationKey.from_bytes(ak_public), certification, nonce, node_id=node_id
+                AttestationKey.from_bytes(node.ak_public), certification, nonce, node_id=node_id
+            )
+            rebooted = node.last_clock is None or check_clock(
+                node.last_clock, key.clock_info, node_id
             )
         except EvidenceError as refusal:
             raise CredentialProofInvalid(refusal.message, node_id=node_id) from None
+        if rebooted:
+            raise CredentialRefused(
+                "the TPM was reset (rebooted) since the quote that vouches for the node, or"
+                " no quote with this AK was accepted yet: it must attest again first",
+                node_id=node_id,
+            )
         # Spent only once the AK's signatures checked, so that someone who saw a nonce
         # cannot burn it for the node.
         if not self._store.spend_nonce(record, nonce_issued_at(nonce), now):
@@ -316,7 +355,6 @@ class CredentialGate:
         if entry is None or not entry.trusted(self._now()):
             reason = "trust was lost while the credential was being issued"
             self._store.revoke_credentials(node_id, reason, self._now())
-            self._crl_changed()
             raise CredentialRefused(reason, node_id=node_id)
 
     # --- revocation ----------------------------------------------------------------
@@ -331,66 +369,95 @@ class CredentialGate:
         self._worker.start()
 
     def stop(self) -> None:
-        self._revocations.put(None)
+        self._stopping.set()
+        self._revocations.put(None)  # wakes the worker
         if self._worker is not None:
             self._worker.join(timeout=5)
 
     def revoke_pending(self, timeout: float = 0.0) -> int:
-        """Process queued revocations now (tests, and the worker); how many."""
-        done = 0
-        while True:
-            try:
-                change = (
-                    self._revocations.get(timeout=timeout)
-                    if done == 0
-                    else self._revocations.get_nowait()
-                )
-            except queue.Empty:
-                return done
-            if change is None:
-                self._revocations.put(None)  # let the worker see it too
-                return done
+        """Process the revocations that failed before and those queued (waiting up to
+        `timeout` seconds for one when there is nothing to do); how many were done.
+        One that fails is kept for the next call."""
+        changes: list[TrustChange | None] = list(self._failed)
+        self._failed = []
+        try:
+            if changes or timeout <= 0:
+                changes.append(self._revocations.get_nowait())
+            else:
+                changes.append(self._revocations.get(timeout=timeout))
+            while True:
+                changes.append(self._revocations.get_nowait())
+        except queue.Empty:
+            pass
+        return sum(self._try_revoke(change) for change in changes if change is not None)
+
+    def reconcile(self) -> list[str]:
+        """Revoke the live credentials of every node the index does not trust now (a
+        loss whose revocation failed, or raced an issue, or that another replica
+        recorded); the nodes whose credentials were revoked."""
+        now = self._now()
+        revoked = []
+        for node_id in self._store.nodes_with_live_credentials(now):
+            entry = self._index.get(node_id)
+            if entry is not None and entry.trusted(now):
+                continue
+            state = "unknown" if entry is None else entry.state_at(now)
+            reason = "no longer enrolled" if entry is None else entry.reason_at(now)
+            change = TrustChange(node_id, "lost", state, reason, now, 0)
+            if self._revoke(change):
+                revoked.append(node_id)
+        return revoked
+
+    @property
+    def failed_revocations(self) -> int:
+        return len(self._failed)
+
+    def _try_revoke(self, change: TrustChange) -> int:
+        try:
             self._revoke(change)
-            done += 1
+        except Exception:  # the database is away: kept, and tried again
+            log.exception(
+                "credential revocation failed", extra={"fields": {"node": change.node_id}}
+            )
+            self._failed.append(change)
+            return 0
+        return 1
 
     def _revoke_loop(self) -> None:
-        while True:
-            change = self._revocations.get()
-            if change is None:
-                return
-            try:
-                self._revoke(change)
-            except Exception:  # the database is away: the next loss will try again
-                log.exception(
-                    "credential revocation failed", extra={"fields": {"node": change.node_id}}
-                )
+        backoff = 0.0
+        next_reconcile = time.monotonic() + RECONCILE_SECONDS
+        while not self._stopping.is_set():
+            wait = next_reconcile - time.monotonic()
+            if self._failed:
+                wait = min(wait, backoff)
+            self.revoke_pending(timeout=max(0.001, wait))
+            if not self._stopping.is_set() and time.monotonic() >= next_reconcile:
+                next_reconcile = time.monotonic() + RECONCILE_SECONDS
+                try:
+                    self.reconcile()
+                except Exception:  # the database is away: sooner, with the backoff
+                    log.exception("credential reconciliation failed")
+                    next_reconcile = time.monotonic() + max(backoff, 0.1)
+            backoff = min(MOST_BACKOFF_SECONDS, backoff * 2 or 0.1) if self._failed else 0.0
 
-    def _revoke(self, change: TrustChange) -> None:
+    def _revoke(self, change: TrustChange) -> list[str]:
         reason = f"{change.kind}: {change.reason}"
         serials = self._store.revoke_credentials(change.node_id, reason, self._now())
-        self._crl_changed()
         if serials:
             log.info(
                 "credentials revoked",
                 extra={"fields": {"node": change.node_id, "serials": serials, "reason": reason}},
             )
-
-    def _crl_changed(self) -> None:
-        with self._crl_lock:
-            self._crl_version += 1
+        return serials
 
     def crl(self) -> bytes:
-        """The CRL (DER) of certificates revoked and not yet expired; made again when a
-        revocation was processed, or when half its lifetime passed."""
+        """The CRL (DER) of certificates revoked and not yet expired; made again when
+        the store's revocations changed (by any replica), or after five minutes."""
         now = self._now()
+        state = self._store.revocation_state(CREDENTIAL_CERTIFICATE)
         with self._crl_lock:
-            version = self._crl_version
             cached = self._crl
-            if (
-                cached is not None
-                and cached[0] == version
-                and now - cached[1] < timedelta(minutes=5)
-            ):
+            if cached is not None and cached[0] == state and now - cached[1] < CRL_REMADE:
                 return cached[2]
         revoked = [
             (int(c.serial, 16), c.revoked_at)
@@ -399,8 +466,7 @@ class CredentialGate:
         ]
         der = self._ca.crl(revoked, now)
         with self._crl_lock:
-            if self._crl_version == version:
-                self._crl = (version, now, der)
+            self._crl = (state, now, der)
         return der
 
 

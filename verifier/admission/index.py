@@ -6,7 +6,8 @@ never the database: a lookup is a dict read.  It is fed by
 - this verifier's attestations (`update`, right after each commits) and operators' acts
   (revoke, restore), so a change made here is seen at once;
 - the store (`sync`): changes committed by other replicas, read every fraction of a
-  second (`AdmissionConfig.sync_seconds`); entries older than what the index holds are
+  second (`AdmissionConfig.sync_seconds`) from where the last read ended
+  (`verifier/store/versions.py`); an entry whose version is not above the one held is
   ignored, so a slow read never undoes a newer change;
 - the clock (`expire_due`): a lasting trust that reaches its expiry reads as expired at
   that instant (`NodeTrust.state_at`), and watchers are told when the expiry timer
@@ -24,13 +25,12 @@ import heapq
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
 
 from verifier.admission.decide import AFFIRMING, EXPIRED, REVOKED, NodeTrust
-from verifier.store.admission import attested_location
 from verifier.store.records import NodeRecord, TrustIndexRow
 
 log = logging.getLogger("lightgate.verifier.admission")
@@ -61,9 +61,10 @@ def entry_of(row: TrustIndexRow) -> NodeTrust:
         reason=row.trust_reason,
         status=row.status,
         ear=row.ear,
-        location=row.location,
+        location=attested_location(row.appraisal_input),
         site=row.last_site,
         attested_at=row.last_attested_at,
+        version=row.trust_version,
     )
 
 
@@ -79,6 +80,7 @@ def entry_of_node(node: NodeRecord) -> NodeTrust:
         status=node.last_status,
         site=node.last_site,
         attested_at=node.last_attested_at,
+        version=node.trust_version,
     )
 
 
@@ -93,6 +95,7 @@ def entry_after_attestation(
     appraisal_input: object,
     site: str | None,
     attested_at: datetime,
+    version: int,
 ) -> NodeTrust:
     """The index entry of a node right after one of its attestations committed."""
     return NodeTrust(
@@ -106,6 +109,7 @@ def entry_after_attestation(
         location=attested_location(appraisal_input),
         site=site,
         attested_at=attested_at,
+        version=version,
     )
 
 
@@ -131,10 +135,17 @@ def change_kind(before: NodeTrust | None, after: NodeTrust, now: datetime) -> Ch
     return "updated"
 
 
-def _version(entry: NodeTrust) -> datetime | None:
-    """How new an entry is: its last trust change or attestation, whichever is later."""
-    moments = [m for m in (entry.since, entry.attested_at) if m is not None]
-    return max(moments) if moments else None
+def attested_location(appraisal_input: object) -> dict[str, str]:
+    """The attributes of the asset tag an appraisal found attested (verified, this
+    node's), from its policy input; {} when there was none."""
+    if not isinstance(appraisal_input, Mapping):
+        return {}
+    location = appraisal_input.get("location")
+    attested = location.get("attested") if isinstance(location, Mapping) else None
+    attributes = attested.get("attributes") if isinstance(attested, Mapping) else None
+    if not isinstance(attributes, Mapping):
+        return {}
+    return {str(k): str(v) for k, v in attributes.items() if isinstance(v, str)}
 
 
 class Watcher:
@@ -204,6 +215,7 @@ class TrustIndex:
         self._expiries: list[tuple[datetime, str]] = []
         self._sequence = 0
         self._watch_queue = watch_queue
+        self._mark: int | None = None
 
     # --- reads ---------------------------------------------------------------------
 
@@ -222,9 +234,16 @@ class TrustIndex:
 
     # --- writes --------------------------------------------------------------------
 
-    def load(self, entries: Iterable[NodeTrust]) -> None:
-        """Replace the whole index (at start); nobody is told."""
+    @property
+    def mark(self) -> int | None:
+        """Where the next read of the store's changes starts (`Store.trust_changes`)."""
+        return self._mark
+
+    def load(self, entries: Iterable[NodeTrust], mark: int | None = None) -> None:
+        """Replace the whole index (at start), read from the store up to `mark`;
+        nobody is told."""
         with self._lock:
+            self._mark = mark
             self._entries = {entry.node_id: entry for entry in entries}
             self._expiries = [
                 (e.expires_at, e.node_id) for e in self._entries.values() if e.expires_at
@@ -235,10 +254,8 @@ class TrustIndex:
         """Put a node's newest entry; tell watchers and listeners what changed."""
         with self._lock:
             before = self._entries.get(entry.node_id)
-            if before is not None:
-                old, new = _version(before), _version(entry)
-                if old is not None and (new is None or new < old):
-                    return None  # older than what is held (a slow sync)
+            if before is not None and entry.version <= before.version:
+                return None  # what is held already (a sync read it again), or older
             self._entries[entry.node_id] = entry
             moved = before is None or before.expires_at != entry.expires_at
             if moved and entry.expires_at is not None and entry.state_at(now) != EXPIRED:
@@ -250,9 +267,12 @@ class TrustIndex:
             self._publish(change)
         return change
 
-    def sync(self, rows: Iterable[TrustIndexRow], now: datetime) -> int:
-        """Apply what the store holds (changes by other replicas); how many changed."""
-        return sum(self.update(entry_of(row), now) is not None for row in rows)
+    def sync(self, rows: Iterable[TrustIndexRow], mark: int, now: datetime) -> int:
+        """Apply the store's changes read up to `mark` (those of other replicas; this
+        one's were applied as they committed); how many changed anything."""
+        changed = sum(self.update(entry_of(row), now) is not None for row in rows)
+        self._mark = mark
+        return changed
 
     def expire_due(self, now: datetime) -> list[TrustChange]:
         """Tell watchers of every trust that lasted out by `now`."""

@@ -70,6 +70,7 @@ from verifier.evidence.tpm_structures import (
     Alg,
     Attest,
     AttestType,
+    ClockInfo,
     HashAlg,
     PcrSelection,
     Reader,
@@ -129,6 +130,7 @@ class CertifiedKey:
     public: PublicArea
     name: bytes  # TPM Name: nameAlg || H_nameAlg(TPMT_PUBLIC)
     public_key: PublicKey
+    clock_info: ClockInfo  # the TPM's clock when it signed TPM2_Certify
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,7 @@ def verify_key_certification(
         key = public_key(public)
     except TpmStructureMalformed as exc:  # a point off the curve, an empty modulus
         raise KeyCertificationMalformed("public_area", exc.message, node_id=node) from None
-    return CertifiedKey(public, public.name, key)
+    return CertifiedKey(public, public.name, key, parsed.certify.clock_info)
 
 
 def _parse(certification: KeyCertification, node: str | None) -> _Parsed:

@@ -6,24 +6,19 @@ A mixin of `Store` (store.py), apart by concern.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import asdict
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, RowMapping, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, RowMapping, and_, func, insert, select, update
 
 from verifier.evidence.quote import NonceRecord
 from verifier.store.models import CREDENTIALS, NODES, NONCES, RESULTS
 from verifier.store.queries import insert_ignoring_duplicates
 from verifier.store.records import NODE_ENROLLED, CredentialRecord, TrustIndexRow
+from verifier.store.versions import change_mark
 
-_NEWEST_RESULT = (
-    select(RESULTS.c.node_id, func.max(RESULTS.c.id).label("result_id"))
-    .group_by(RESULTS.c.node_id)
-    .subquery("newest")
-)
 _INDEX = (
     select(
         NODES.c.node_id,
@@ -33,13 +28,13 @@ _INDEX = (
         NODES.c.trust_reason,
         NODES.c.last_site,
         NODES.c.last_attested_at,
+        NODES.c.trust_version,
         RESULTS.c.status,
         RESULTS.c.ear,
         RESULTS.c.appraisal_input,
     )
     .select_from(NODES)
-    .outerjoin(_NEWEST_RESULT, _NEWEST_RESULT.c.node_id == NODES.c.node_id)
-    .outerjoin(RESULTS, RESULTS.c.id == _NEWEST_RESULT.c.result_id)
+    .outerjoin(RESULTS, RESULTS.c.id == NODES.c.last_result_id)
     .where(NODES.c.state == NODE_ENROLLED)
 )
 
@@ -53,25 +48,22 @@ class AdmissionRecords:
 
         def _write(self) -> AbstractContextManager[Connection]: ...
 
-    def trust_index(
-        self, changed_since: datetime | None = None, node_id: str | None = None
-    ) -> list[TrustIndexRow]:
-        """Every enrolled node with its trust and newest result; with `changed_since`,
-        only those whose trust changed or that attested since then; with `node_id`,
-        only that node."""
-        query = _INDEX
-        if node_id is not None:
-            query = query.where(NODES.c.node_id == node_id)
-        if changed_since is not None:
-            query = query.where(
-                or_(
-                    NODES.c.trust_since >= changed_since,
-                    NODES.c.last_attested_at >= changed_since,
-                )
-            )
+    def trust_index(self, node_id: str | None = None) -> list[TrustIndexRow]:
+        """Every enrolled node (or only `node_id`) with its trust and newest result."""
+        query = _INDEX if node_id is None else _INDEX.where(NODES.c.node_id == node_id)
         with self._read() as connection:
             rows = connection.execute(query).all()
         return [_index_row(row._mapping) for row in rows]
+
+    def trust_changes(self, mark: int | None = None) -> tuple[list[TrustIndexRow], int]:
+        """The enrolled nodes whose trust or newest result was written at or after
+        `mark` (every node when None), and the mark to read from next time
+        (`versions.py`): nothing committed later is missed."""
+        with self._read() as connection, connection.begin():
+            next_mark = change_mark(connection)
+            query = _INDEX if mark is None else _INDEX.where(NODES.c.change_seq >= mark)
+            rows = connection.execute(query).all()
+        return [_index_row(row._mapping) for row in rows], next_mark
 
     def spend_nonce(self, nonce: NonceRecord, issued_at: datetime, now: datetime) -> bool:
         """Record a nonce (issued to `nonce.node_id`) as spent outside an attestation;
@@ -115,6 +107,27 @@ class AdmissionRecords:
                     .values(revoked_at=at, revoked_reason=reason)
                 )
         return serials
+
+    def nodes_with_live_credentials(self, now: datetime) -> list[str]:
+        """Nodes holding a credential that is neither revoked nor expired at `now`."""
+        query = (
+            select(CREDENTIALS.c.node_id)
+            .where(and_(CREDENTIALS.c.revoked_at.is_(None), CREDENTIALS.c.not_after > now))
+            .distinct()
+            .order_by(CREDENTIALS.c.node_id)
+        )
+        with self._read() as connection:
+            return list(connection.execute(query).scalars())
+
+    def revocation_state(self, kind: str) -> tuple[int, datetime | None]:
+        """How many credentials of `kind` were ever revoked, and the latest revocation:
+        changes whenever any replica revokes one (a CRL cache's key)."""
+        query = select(func.count(), func.max(CREDENTIALS.c.revoked_at)).where(
+            and_(CREDENTIALS.c.kind == kind, CREDENTIALS.c.revoked_at.is_not(None))
+        )
+        with self._read() as connection:
+            count, latest = connection.execute(query).one()
+        return int(count), latest
 
     def revoked_credentials(self, now: datetime, kind: str) -> list[CredentialRecord]:
         """Credentials of `kind` revoked and not yet expired at `now` (a CRL's entries)."""
@@ -160,18 +173,6 @@ def _index_row(row: RowMapping) -> TrustIndexRow:
         last_attested_at=row["last_attested_at"],
         status=row["status"],
         ear=row["ear"],
-        location=attested_location(row["appraisal_input"]),
+        appraisal_input=row["appraisal_input"],
+        trust_version=row["trust_version"],
     )
-
-
-def attested_location(appraisal_input: object) -> dict[str, str]:
-    """The attributes of the asset tag an appraisal found attested (verified, this
-    node's), from its policy input; {} when there was none."""
-    if not isinstance(appraisal_input, Mapping):
-        return {}
-    location = appraisal_input.get("location")
-    attested = location.get("attested") if isinstance(location, Mapping) else None
-    attributes = attested.get("attributes") if isinstance(attested, Mapping) else None
-    if not isinstance(attributes, Mapping):
-        return {}
-    return {str(k): str(v) for k, v in attributes.items() if isinstance(v, str)}

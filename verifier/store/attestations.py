@@ -125,9 +125,6 @@ def record_attestation(
         before.reason if trust == TRUST_REVOKED else attestation.reason,
         attestation.expires_at if trust in TRUST_LASTING else None,
     )
-    statement, node_values = _node_update(writes, attestation, after)
-    if writes.run(connection, statement, node_values).rowcount != 1:
-        raise UnknownNode(attestation.node_id)
     event_log_sha256 = _store_event_log(connection, writes, attestation, stored_logs)
     if event_log_sha256 is not None and logs_written is not None:
         logs_written.append(event_log_sha256)
@@ -171,6 +168,11 @@ def record_attestation(
     )
     if evidence_id is None or result_id is None:
         raise StoreInconsistent("INSERT returned no primary key")
+    # The node last: its row names the result, and its versions move (`versions.py`).
+    statement, node_values = _node_update(writes, attestation, after, result_id)
+    trust_version = writes.first_column(connection, statement, node_values)
+    if trust_version is None:
+        raise UnknownNode(attestation.node_id)
     if trust != before.state:
         w.run(
             connection,
@@ -205,6 +207,7 @@ def record_attestation(
         trust_state=after.state,
         trust_since=after.since,
         trust_reason=after.reason,
+        trust_version=int(trust_version),
     )
 
 
@@ -273,7 +276,7 @@ def _lapsed(before: _Trust, at: datetime) -> _Trust | None:
 
 
 def _node_update(
-    writes: Writes, attestation: AttestationRecord, after: _Trust
+    writes: Writes, attestation: AttestationRecord, after: _Trust, result_id: int
 ) -> tuple[str, dict[str, Any]]:
     """The UPDATE of the node after `attestation` (its name), and its parameters."""
     w = writes
@@ -287,6 +290,7 @@ def _node_update(
         "trust_expires_at": w.time(after.expires_at),
         "last_peer": attestation.peer[:255],
         "last_site": attestation.site,
+        "last_result_id": result_id,
     }
     if attestation.status != STATUS_AFFIRMING:
         return "note", values

@@ -22,6 +22,8 @@ from typing import Any, Final
 
 from sqlalchemy import Connection
 
+from verifier.store.versions import next_change_seq_sql
+
 _UINT64: Final = 1 << 64
 _INT64_MAX: Final = (1 << 63) - 1
 
@@ -35,8 +37,10 @@ _STATEMENTS: Final = {
         "UPDATE nodes SET last_attested_at = :last_attested_at, last_status = :last_status,"
         " trust_state = :trust_state, trust_since = :trust_since,"
         " trust_expires_at = :trust_expires_at, trust_reason = :trust_reason,"
-        " last_peer = :last_peer, last_site = :last_site"
-        " WHERE node_id = :where_node_id"
+        " last_peer = :last_peer, last_site = :last_site, last_result_id = :last_result_id,"
+        # `versions.py`: every write of a node's trust moves its versions.
+        " trust_version = trust_version + 1, change_seq = {next_change_seq}"
+        " WHERE node_id = :where_node_id RETURNING trust_version"
     ),
     "note_affirming": (
         "UPDATE nodes SET last_attested_at = :last_attested_at, last_status = :last_status,"
@@ -46,8 +50,10 @@ _STATEMENTS: Final = {
         " last_clock = :last_clock, last_reset_count = :last_reset_count,"
         " last_restart_count = :last_restart_count, last_clock_safe = :last_clock_safe,"
         # Added in SQL, so concurrent attestations of one node each count.
-        " reboots = reboots + :reboots_added"
-        " WHERE node_id = :where_node_id"
+        " reboots = reboots + :reboots_added, last_result_id = :last_result_id,"
+        # `versions.py`: every write of a node's trust moves its versions.
+        " trust_version = trust_version + 1, change_seq = {next_change_seq}"
+        " WHERE node_id = :where_node_id RETURNING trust_version"
     ),
     "event_log": (
         "INSERT INTO event_logs (sha256, content, size, first_seen)"
@@ -85,8 +91,11 @@ class Writes:
             raise NotImplementedError(f"the store supports SQLite and PostgreSQL, not {dialect}")
         self._sqlite = dialect == "sqlite"
         # sqlite3 takes :name as it is; psycopg takes %(name)s.
+        next_seq = next_change_seq_sql(dialect)
         self._sql = {
-            name: sql if self._sqlite else _NAMED.sub(r"%(\1)s", sql)
+            name: (sql if self._sqlite else _NAMED.sub(r"%(\1)s", sql)).replace(
+                "{next_change_seq}", next_seq
+            )
             for name, sql in _STATEMENTS.items()
         }
         if not self._sqlite:

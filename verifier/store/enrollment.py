@@ -17,7 +17,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from verifier.store.errors import ChallengeNotAnswered, EnrollmentNotPending
 from verifier.store.models import KEYS, NODES, PENDING_ENROLLMENTS
-from verifier.store.queries import insert_id
+from verifier.store.queries import insert_id, insert_transition
 from verifier.store.records import (
     KEY_ACTIVE,
     KEY_AK,
@@ -26,8 +26,12 @@ from verifier.store.records import (
     KEY_RETIRED,
     NODE_ENROLLED,
     NODE_PENDING,
+    TRUST_ENROLLED,
+    TRUST_REVOKED,
     PendingEnrollment,
+    TransitionRecord,
 )
+from verifier.store.versions import bumped
 
 
 def lock_node(connection: Connection, node_id: str) -> bool:
@@ -131,6 +135,14 @@ def complete(connection: Connection, node_id: str, now: datetime, secret_digest:
         )
     _activate_key(connection, node_id, KEY_EK, pending.ek_key_id, now)
     _activate_key(connection, node_id, KEY_AK, pending.ak_key_id, now)
+    previous, enrolled_before = connection.execute(
+        select(NODES.c.trust_state, NODES.c.enrolled_at).where(NODES.c.node_id == node_id)
+    ).one()
+    # Nothing an AK vouched for before carries over an enrollment: the node must attest
+    # with the AK enrolled now before it is trusted again.  A revocation stays (only an
+    # operator lifts it).
+    trust = previous if previous == TRUST_REVOKED else TRUST_ENROLLED
+    reason = None if enrolled_before is None else ENROLLED_AGAIN
     connection.execute(
         update(NODES)
         .where(NODES.c.node_id == node_id)
@@ -142,9 +154,28 @@ def complete(connection: Connection, node_id: str, now: datetime, secret_digest:
             last_reset_count=None,
             last_restart_count=None,
             last_clock_safe=None,
+            **_reset_trust(trust, now, reason),
+            **bumped(),
         )
     )
+    if previous != trust:
+        transition = TransitionRecord(node_id, now, previous, trust, ENROLLED_AGAIN, "verifier")
+        insert_transition(connection, transition)
     connection.execute(delete(PENDING_ENROLLMENTS).where(PENDING_ENROLLMENTS.c.node_id == node_id))
+
+
+ENROLLED_AGAIN = "enrolled again: trust must be earned by attesting with the AK enrolled now"
+
+
+def _reset_trust(trust: str, now: datetime, reason: str | None) -> dict[str, object]:
+    if trust == TRUST_REVOKED:
+        return {}
+    return {
+        "trust_state": TRUST_ENROLLED,
+        "trust_since": now,
+        "trust_expires_at": None,
+        "trust_reason": reason,
+    }
 
 
 def _key_id(

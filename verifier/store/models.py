@@ -136,6 +136,8 @@ class Node(Base):
         CheckConstraint(_one_of("trust_state", TRUST_STATES), name="trust_state"),
         # The expiry sweep (every second) finds trust that lasted out by this.
         Index(None, "trust_expires_at"),
+        # Replicas' trust indexes read the changes after the ones they saw by this.
+        Index(None, "change_seq"),
         # The clock baseline is one TPMS_CLOCK_INFO: all of it or none of it.
         CheckConstraint(
             "(last_clock IS NULL AND last_reset_count IS NULL"
@@ -164,6 +166,10 @@ class Node(Base):
     trust_reason: Mapped[str | None] = mapped_column(Text)
     last_peer: Mapped[str | None] = mapped_column(String(255))
     last_site: Mapped[str | None] = mapped_column(String(255))
+    # Versions of trust (0006, `versions.py`): per node, and in replicas' reading order.
+    trust_version: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    change_seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    last_result_id: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Key(Base):

@@ -80,6 +80,7 @@ NODES_SELECT = select(
     NODES.c.trust_reason,
     NODES.c.last_peer,
     NODES.c.last_site,
+    NODES.c.trust_version,
 ).select_from(
     NODES.outerjoin(
         _active_ek,
@@ -265,6 +266,7 @@ def node_record(row: RowMapping) -> NodeRecord:
         trust_reason=row["trust_reason"],
         last_peer=row["last_peer"],
         last_site=row["last_site"],
+        trust_version=row["trust_version"],
     )
 
 

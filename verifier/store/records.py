@@ -90,6 +90,7 @@ class NodeRecord:
     trust_reason: str | None = None
     last_peer: str | None = None
     last_site: str | None = None
+    trust_version: int = 0  # `versions.py`
 
     def trust_at(self, now: datetime) -> str:
         """The node's trust state at `now`: a lasting state past its expiry reads as
@@ -193,6 +194,7 @@ class ResultRecord:
     trust_state: str | None = field(default=None, compare=False)
     trust_since: datetime | None = field(default=None, compare=False)
     trust_reason: str | None = field(default=None, compare=False)
+    trust_version: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -318,4 +320,5 @@ class TrustIndexRow:
     last_attested_at: datetime | None
     status: str | None
     ear: str | None
-    location: dict[str, str]
+    appraisal_input: object  # the newest result's policy input
+    trust_version: int  # `versions.py`

@@ -40,6 +40,7 @@ from verifier.store.records import (
     SigningKeyRecord,
     TransitionRecord,
 )
+from verifier.store.versions import bumped
 
 _SET_TRUST = (
     update(NODES)
@@ -49,6 +50,7 @@ _SET_TRUST = (
         trust_since=bindparam("trust_since"),
         trust_expires_at=bindparam("trust_expires_at"),
         trust_reason=bindparam("trust_reason"),
+        **bumped(),
     )
 )
 _LASTED_OUT = (

@@ -15,7 +15,9 @@ from verifier.store.records import TrustIndexRow
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
-def affirming(node_id: str = "n1", at: datetime = NOW, lasts: float = 60) -> NodeTrust:
+def affirming(
+    node_id: str = "n1", at: datetime = NOW, lasts: float = 60, version: int = 1
+) -> NodeTrust:
     return NodeTrust(
         node_id,
         "affirming",
@@ -25,6 +27,7 @@ def affirming(node_id: str = "n1", at: datetime = NOW, lasts: float = 60) -> Nod
         ear="jwt",
         location={"region": "eu-west"},
         attested_at=at,
+        version=version,
     )
 
 
@@ -56,7 +59,7 @@ def test_watchers_see_changes_in_order_and_only_their_nodes() -> None:
     only_b = index.watch(["b"])
     index.update(affirming("a"), NOW)
     index.update(affirming("b"), NOW)
-    index.update(replace(affirming("a"), state="revoked", since=NOW + timedelta(seconds=1)), NOW)
+    index.update(replace(affirming("a"), state="revoked", version=2), NOW)
     seen = drain(everything)
     assert [(c.node_id, c.kind) for c in seen] == [
         ("a", "gained"),
@@ -83,7 +86,8 @@ def test_expiry_is_told_when_it_happens_unless_the_node_attested_again() -> None
     index.update(affirming("a", lasts=60), NOW)
     index.update(affirming("b", lasts=60), NOW)
     index.update(
-        affirming("b", at=NOW + timedelta(seconds=30), lasts=60), NOW + timedelta(seconds=30)
+        affirming("b", at=NOW + timedelta(seconds=30), lasts=60, version=2),
+        NOW + timedelta(seconds=30),
     )
     drain(watcher)
     assert index.next_expiry() == NOW + timedelta(seconds=60)
@@ -100,14 +104,29 @@ def test_expiry_is_told_when_it_happens_unless_the_node_attested_again() -> None
 
 def test_an_older_entry_never_replaces_a_newer_one() -> None:
     index = TrustIndex()
-    newer = replace(affirming(), state="revoked", since=NOW + timedelta(seconds=5), reason="stolen")
+    newer = replace(affirming(), state="revoked", reason="stolen", version=5)
     index.update(newer, NOW)
+    # A later attestation time does not make an entry newer: only its version does.
     stale = TrustIndexRow(
-        "n1", "affirming", NOW, NOW + timedelta(minutes=1), None, None, NOW, "affirming", "jwt", {}
-    )
-    assert index.sync([stale], NOW) == 0
+        "n1", "affirming", NOW + timedelta(seconds=9), NOW + timedelta(minutes=1), None, None,
+        NOW + timedelta(seconds=9), "affirming", "jwt", None, 4,
+    )  # fmt: skip
+    assert index.sync([stale], 17, NOW) == 0
     assert index.get("n1") == newer
+    assert index.mark == 17
     assert entry_of(stale).state == "affirming"
+    same = replace(newer, reason="read again")  # the same version read again: ignored
+    assert index.update(same, NOW) is None
+    assert index.get("n1") == newer
+
+
+def test_an_entry_carries_the_location_its_appraisal_found_attested() -> None:
+    row = TrustIndexRow(
+        "n1", "affirming", NOW, NOW + timedelta(minutes=1), None, "ams1", NOW, "affirming",
+        "jwt", {"location": {"attested": {"attributes": {"region": "eu-west", "n": 3}}}}, 1,
+    )  # fmt: skip
+    assert dict(entry_of(row).location) == {"region": "eu-west"}
+    assert dict(entry_of(replace(row, appraisal_input={"location": []})).location) == {}
 
 
 def test_a_slow_watcher_is_closed_not_waited_for() -> None:
@@ -131,7 +150,7 @@ def test_listeners_hear_every_change_and_one_failing_listener_stops_nothing() ->
     index.add_listener(broken)
     index.add_listener(lambda change: heard.append(change.kind))
     index.update(affirming(), NOW)
-    index.update(replace(affirming(), state="revoked", since=NOW + timedelta(seconds=1)), NOW)
+    index.update(replace(affirming(), state="revoked", version=2), NOW)
     assert heard == ["gained", "revoked"]
 
 

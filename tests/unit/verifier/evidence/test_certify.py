@@ -139,13 +139,22 @@ class SoftwareKey:
         return marshal_signature(signature)
 
 
+#: The software TPM's clock: 123 s since its third reset.
+CLOCK = ClockInfo(123456, 3, 0, True)
+
+
 def attestation(
-    signer: SoftwareKey, attest_type: int, nonce: bytes, attested: bytes, magic: int
+    signer: SoftwareKey,
+    attest_type: int,
+    nonce: bytes,
+    attested: bytes,
+    magic: int,
+    clock: ClockInfo = CLOCK,
 ) -> bytes:
     """A TPMS_ATTEST: marshal_attest writes the header, `attested` follows it."""
     header = Attest(
         raw=b"", magic=magic, type=attest_type, qualified_signer=signer.public.name,
-        extra_data=nonce, clock_info=ClockInfo(123456, 3, 0, True), firmware_version=0x20191023,
+        extra_data=nonce, clock_info=clock, firmware_version=0x20191023,
     )  # fmt: skip
     return marshal_attest(header) + attested
 
@@ -180,6 +189,7 @@ def certify(
     created_name: bytes | None = None,
     creation_data: bytes | None = None,
     creation_hash: bytes | None = None,
+    clock: ClockInfo = CLOCK,
 ) -> KeyCertification:
     """What the TPM holding `ak` returns for TPM2_Certify and TPM2_CertifyCreation of
     `key` (which it created), with any part replaced."""
@@ -188,13 +198,13 @@ def certify(
     certify_info = attestation(
         ak, certify_type, certify_nonce if certify_nonce is not None else nonce,
         tpm2b(certified_name if certified_name is not None else name) + tpm2b(name),
-        certify_magic,
+        certify_magic, clock,
     )  # fmt: skip
     creation_info = attestation(
         ak, creation_type, creation_nonce if creation_nonce is not None else nonce,
         tpm2b(created_name if created_name is not None else name)
         + tpm2b(creation_hash if creation_hash is not None else hashlib.sha256(data).digest()),
-        creation_magic,
+        creation_magic, clock,
     )  # fmt: skip
     return KeyCertification(
         public_area=key.raw,

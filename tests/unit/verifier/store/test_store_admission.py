@@ -46,23 +46,73 @@ def test_the_index_rows_carry_trust_newest_result_and_attested_location(
     rows = {row.node_id: row for row in store.trust_index()}
     assert set(rows) == {"node-a", "node-b"}
     a = rows["node-a"]
-    assert (a.trust_state, a.status, a.ear, a.location, a.last_site) == (
+    assert (a.trust_state, a.status, a.ear, a.appraisal_input, a.last_site) == (
         "affirming",
         "affirming",
         "jwt",
-        {"region": "eu-west"},
+        LOCATION,
         "ams1",
     )
     assert a.trust_expires_at == now + timedelta(minutes=1)
-    assert (rows["node-b"].trust_state, rows["node-b"].status, rows["node-b"].location) == (
+    assert (rows["node-b"].trust_state, rows["node-b"].status, rows["node-b"].ear) == (
         "enrolled",
         None,
-        {},
+        None,
     )
     assert [r.node_id for r in store.trust_index(node_id="node-b")] == ["node-b"]
-    assert [r.node_id for r in store.trust_index(changed_since=now - timedelta(seconds=1))] == [
-        "node-a"
-    ]
+
+
+def test_every_write_of_a_nodes_trust_moves_its_version(
+    store: Store, enroll: Enroll, make_attestation: MakeAttestation, now: datetime
+) -> None:
+    def version() -> int:
+        (row,) = store.trust_index(node_id="node-a")
+        return row.trust_version
+
+    seen = [enroll().trust_version, version()]
+    result = store.record_attestation(
+        replace(make_attestation(received_at=now), expires_at=now + timedelta(seconds=30))
+    )
+    seen += [result.trust_version or 0, version()]
+    store.expire_trust(now + timedelta(minutes=1))
+    seen.append(version())
+    store.revoke("node-a", "stolen", "ops", now + timedelta(minutes=2))
+    seen.append(version())
+    store.restore("node-a", "found", "ops", now + timedelta(minutes=3))
+    seen.append(version())
+    # enrolled, attested (returned and stored), expired, revoked, restored
+    assert seen == [1, 1, 2, 2, 3, 4, 5]
+
+
+def test_trust_changes_reads_from_the_mark_exactly_what_was_written_after_it(
+    store: Store, enroll: Enroll, make_attestation: MakeAttestation, now: datetime
+) -> None:
+    enroll()
+    enroll("node-b", ek_public=b"ek-2", ak_public=b"ak-2", ek_fingerprint="e2" * 32)
+    everything, mark = store.trust_changes()
+    assert {r.node_id for r in everything} == {"node-a", "node-b"}
+    store.record_attestation(make_attestation("node-b", received_at=now))
+    changed, mark = store.trust_changes(mark)
+    assert [r.node_id for r in changed] == ["node-b"]
+    # A row at the mark may be read again (the version makes that harmless), never lost:
+    # what is read from the new mark holds no node written before it but node-b.
+    again, mark = store.trust_changes(mark)
+    assert {r.node_id for r in again} <= {"node-b"}
+
+
+def test_a_write_in_flight_when_the_mark_is_taken_is_read_at_the_next_sync(
+    store: Store, enroll: Enroll, make_attestation: MakeAttestation, now: datetime
+) -> None:
+    """The replica-sync race: a transaction that has written but not committed when
+    another replica reads its changes must be read by that replica's next read."""
+    enroll()
+    _, mark = store.trust_changes()
+    with store.attestation("node-a") as transaction:
+        transaction.record(make_attestation(received_at=now))
+        during, mark = store.trust_changes(mark)  # another connection: not committed yet
+        assert during == []
+    after, _ = store.trust_changes(mark)
+    assert [(r.node_id, r.trust_state) for r in after] == [("node-a", "affirming")]
 
 
 def test_losing_trust_revokes_only_live_credentials_once(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime, timedelta
 from threading import Barrier
 
@@ -194,6 +195,36 @@ def test_complete_enrollment_resets_the_clock_baseline(
 
     assert after.last_clock is None
     assert after.last_status == before.last_status  # history of the node is kept
+
+
+def test_enrolling_again_withdraws_the_trust_the_old_ak_earned(
+    store: Store, enroll: Enroll, make_attestation: MakeAttestation, now: datetime
+) -> None:
+    """Trust earned with one AK does not carry over to the next: re-enrolled, the
+    node is `enrolled` until it attests with the new AK, and the transition says so."""
+    enroll("node-a", ak_public=b"ak-old")
+    store.record_attestation(
+        replace(make_attestation("node-a"), expires_at=now + timedelta(minutes=5))
+    )
+    trusted = store.get_node("node-a")
+    assert trusted is not None and trusted.trust_state == "affirming"
+
+    again = enroll("node-a", ak_public=b"ak-new")
+
+    assert (again.trust_state, again.trust_expires_at) == ("enrolled", None)
+    assert again.trust_version > trusted.trust_version
+    last = store.transitions("node-a")[-1]
+    assert (last.from_state, last.to_state, last.actor) == ("affirming", "enrolled", "verifier")
+    assert "enrolled again" in last.reason
+
+
+def test_enrolling_again_does_not_lift_a_revocation(
+    store: Store, enroll: Enroll, now: datetime
+) -> None:
+    enroll("node-a", ak_public=b"ak-old")
+    store.revoke("node-a", "stolen", "ops", now)
+    again = enroll("node-a", ak_public=b"ak-new")
+    assert (again.trust_state, again.trust_reason) == ("revoked", "stolen")
 
 
 def test_an_ek_change_the_caller_allowed_takes_effect_on_completion(

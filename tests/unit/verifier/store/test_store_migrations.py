@@ -18,7 +18,7 @@ from verifier.store.engine import create_store_engine
 from verifier.store.migrate import alembic_config, upgrade
 from verifier.store.models import metadata
 
-HEAD = "0005"
+HEAD = "0006"
 TABLES = {
     "nodes", "keys", "pending_enrollments", "join_tokens", "nonces", "evidence", "results",
     "verifier_secrets", "event_logs", "golden_values", "trust_transitions", "asset_tags",
