@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -196,6 +196,9 @@ class AdmissionConfig(BaseModel):
     """Who may run where, and who gets credentials: the scheduler extender and admission
     webhook (routes on the HTTPS listener) and the credential gate."""
 
+    #: The longest token audience a node may ask for (and an operator may list).
+    MAX_AUDIENCE_CHARS: ClassVar[int] = 512
+
     # Kubernetes node name -> Lightgate node id; a name not listed is looked up by the
     # node's label `node_label` (full-node extender mode), else (`node_id_source:
     # name`) taken as the node id; with `label`, a node neither listed nor labelled is
@@ -220,7 +223,8 @@ class AdmissionConfig(BaseModel):
     # A credential that could last less than this (the node's trust ends sooner) is
     # refused until the node attests again.
     min_credential_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False)
-    # The audiences tokens may be issued for (`aud`); none: no token is issued.
+    # The audiences tokens may be issued for (`aud`), each 1-512 characters, compared
+    # exactly ("*" is an audience like any other); none: no token is issued at all.
     token_audiences: tuple[str, ...] = ()
     # The OIDC issuer (the `iss` of tokens); None: the HTTPS listener's URL.
     issuer: str | None = None
@@ -232,14 +236,30 @@ class AdmissionConfig(BaseModel):
     # How often trust changes made by other replicas are read from the store.
     sync_seconds: float = Field(default=0.5, gt=0, le=60.0, allow_inf_nan=False)
 
+    @field_validator("token_audiences")
+    @classmethod
+    def _audiences_requestable(cls, audiences: tuple[str, ...]) -> tuple[str, ...]:
+        for audience in audiences:
+            if not 0 < len(audience) <= cls.MAX_AUDIENCE_CHARS:
+                raise ValueError(
+                    f"token audience {audience[:40]!r} must be 1-{cls.MAX_AUDIENCE_CHARS}"
+                    " characters"
+                )
+        return audiences
+
     @model_validator(mode="after")
     def _credentials_can_last(self) -> AdmissionConfig:
-        shortest = min(self.certificate_lifetime_seconds, self.token_lifetime_seconds)
-        if self.min_credential_seconds >= shortest:
-            raise ValueError(
-                f"min_credential_seconds ({self.min_credential_seconds}) must be below both"
-                f" credential lifetimes ({shortest}): no credential could ever be issued"
-            )
+        """A minimum no lifetime reaches would refuse every certificate or token."""
+        minimum = self.min_credential_seconds
+        for name, lifetime in (
+            ("certificate_lifetime_seconds", self.certificate_lifetime_seconds),
+            ("token_lifetime_seconds", self.token_lifetime_seconds),
+        ):
+            if minimum >= lifetime:
+                raise ValueError(
+                    f"min_credential_seconds ({minimum}) must be below {name} ({lifetime}):"
+                    " otherwise no such credential could ever be issued"
+                )
         return self
 
 

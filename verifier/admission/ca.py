@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, Protocol
@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from lightgate.config import AdmissionConfig
 from verifier.jose import SigningKey, sign_jws
 
 #: The attestation extension: which attestation result vouched for the node when the
@@ -310,6 +311,30 @@ def new_serial() -> int:
 def node_uri(node_id: str) -> str:
     """The SAN URI that names a node (RFC 8141 URN syntax; node ids are URN-safe)."""
     return f"urn:lightgate:node:{node_id}"
+
+
+# --- token audiences ------------------------------------------------------------------
+
+
+def audience_refusal(audience: Sequence[str], allowed: Collection[str]) -> str | None:
+    """Why a token may not be issued for `audience` (the `aud` a node asks for), or None
+    when it may: at least one audience, each 1-512 characters and one of `allowed`
+    (`AdmissionConfig.token_audiences`), compared exactly.  Nothing is allowed when
+    `allowed` is empty, and "*" is an audience like any other: a token a relying party
+    did not ask for must not be usable there (RFC 9068, section 4; RFC 8707)."""
+    if not audience:
+        return "a token needs an audience"
+    limit = AdmissionConfig.MAX_AUDIENCE_CHARS
+    for entry in audience:
+        if not 0 < len(entry) <= limit:
+            return f"a token audience must be 1-{limit} characters, not {len(entry)}"
+    unknown = sorted(set(audience) - set(allowed))
+    if not unknown:
+        return None
+    named = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+    return f"no token is issued for audience {named}" + (
+        "" if allowed else " (admission.token_audiences lists none)"
+    )
 
 
 # --- the built-in token issuer --------------------------------------------------------

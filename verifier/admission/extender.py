@@ -48,6 +48,7 @@ from verifier.admission.kubernetes import (
     member_text,
     pod_ref,
     requirements_from_annotations,
+    unmapped_reason,
 )
 
 FILTER_PATH: Final = "/scheduler/filter"
@@ -61,6 +62,8 @@ _KIND_SUMMARY: Final[Mapping[RefusalKind, str]] = {
     "untrusted": "lightgate: node not trusted (attestation not affirming)",
     "wrong-location": "lightgate: node's attested location is not allowed",
 }
+#: A node `node_id_source: label` cannot map: unknown, and the line says why.
+_UNMAPPED_SUMMARY: Final = "lightgate: node has no Lightgate node id (no mapping or label)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +138,8 @@ def _ids_claimed_twice(candidates: Iterable[Candidate]) -> frozenset[str]:
     first_name: dict[str, str] = {}
     twice: set[str] = set()
     for candidate in candidates:  # names are unique here (_first_of_each_name)
+        if candidate.node_id is None:
+            continue  # refused as unmapped, claims nothing
         if first_name.setdefault(candidate.node_id, candidate.name) != candidate.name:
             twice.add(candidate.node_id)
     return frozenset(twice)
@@ -144,6 +149,10 @@ def _claimed_twice(candidate: Candidate, candidates: Iterable[Candidate]) -> Ref
     names = ", ".join(sorted(c.name for c in candidates if c.node_id == candidate.node_id))
     reason = f"node id {candidate.node_id} is claimed by Kubernetes nodes {names}"
     return Refused(candidate, reason, "lightgate: node id claimed by more than one node")
+
+
+def _unmapped(candidate: Candidate) -> Refused:
+    return Refused(candidate, f"unknown: {unmapped_reason(candidate.name)}", _UNMAPPED_SUMMARY)
 
 
 def _refused(candidate: Candidate, verdict: Verdict, requirements: Requirements) -> Refused:
@@ -159,7 +168,11 @@ def filter_candidates(
     """Which candidates may run the pod (in the order given), and why the others not."""
     ambiguous = _ids_claimed_twice(args.candidates)
     judged = filter_nodes(
-        (c.node_id for c in args.candidates if c.node_id not in ambiguous),
+        (
+            c.node_id
+            for c in args.candidates
+            if c.node_id is not None and c.node_id not in ambiguous
+        ),
         lookup,
         requirements,
         now,
@@ -169,7 +182,9 @@ def filter_candidates(
     passed: list[Candidate] = []
     refused: list[Refused] = []
     for candidate in args.candidates:
-        if candidate.node_id in ambiguous:
+        if candidate.node_id is None:
+            refused.append(_unmapped(candidate))
+        elif candidate.node_id in ambiguous:
             refused.append(_claimed_twice(candidate, args.candidates))
         elif candidate.node_id in allowed:
             passed.append(candidate)
@@ -211,7 +226,7 @@ def prioritize_result(
         {
             "Host": candidate.name,
             "Score": 0
-            if candidate.node_id in ambiguous
+            if candidate.node_id is None or candidate.node_id in ambiguous
             else score(lookup(candidate.node_id), requirements, now),
         }
         for candidate in args.candidates

@@ -48,11 +48,12 @@ from verifier.admission.ca import (
     CertificateAuthority,
     CertificateOrder,
     TokenIssuer,
+    audience_refusal,
     new_serial,
 )
 from verifier.admission.decide import Requirements, judge
 from verifier.admission.index import TrustChange, TrustIndex
-from verifier.errors import MalformedRequest, UnknownNode, VerifierError
+from verifier.errors import UnknownNode, VerifierError
 from verifier.evidence.certify import (
     CertifiedKey,
     KeyCertification,
@@ -210,20 +211,11 @@ class CredentialGate:
         requirements: Requirements,
         lifetime_seconds: float = 0.0,
     ) -> IssuedToken:
-        if not audience or any(not a or len(a) > 512 for a in audience):
-            raise MalformedRequest(
-                "a token needs an audience (1-512 characters each)", node_id=node_id
-            )
-        allowed = self._config.token_audiences
-        unknown = sorted(set(audience) - set(allowed))
-        if unknown:
-            # Before the proof is checked: the nonce is not spent on a request that
-            # cannot succeed.
-            raise CredentialRefused(
-                f"no token is issued for audience {', '.join(unknown)}"
-                + ("" if allowed else " (admission.token_audiences lists none)"),
-                node_id=node_id,
-            )
+        # Before the proof is checked: the nonce is not spent on a request that cannot
+        # succeed.
+        refusal = audience_refusal(audience, self._config.token_audiences)
+        if refusal is not None:
+            raise CredentialRefused(refusal, node_id=node_id)
         key = self._proven_key(node_id, certification, nonce)
         now = self._now()
         limit = self._config.token_lifetime_seconds

@@ -10,13 +10,14 @@ the wire shape Kubernetes expects.  Nothing here opens a socket or reads a clock
 
 Node names become Lightgate node ids (`kubernetes_node_id`): `AdmissionConfig.node_names`
 first, then the Node's `node_label` when the scheduler sent full Node objects, else the
-name.  The label is seen only in full-node mode, never by the webhook (a Binding names
-only the node): a cluster running the webhook maps names in `node_names` or enrolls
-nodes under their Kubernetes names.  A label is only as trustworthy as whoever may write
-it: the kubelet may set most labels on its own Node, so use a label under
-`node-restriction.kubernetes.io/` (which the NodeRestriction admission plugin keeps from
-kubelets).  Two Kubernetes nodes claiming one node id in one request are both refused:
-at most one of them is the machine that attested.
+name; with `node_id_source: label` never the name: a node neither listed nor labelled
+has no node id and is refused as unknown.  The label is seen only in full-node mode,
+never by the webhook (a Binding names only the node): a cluster running the webhook
+maps names in `node_names` or enrolls nodes under their Kubernetes names.  A label is
+only as trustworthy as whoever may write it: the kubelet may set most labels on its own
+Node, so use a label under `node-restriction.kubernetes.io/` (which the NodeRestriction
+admission plugin keeps from kubelets).  Two Kubernetes nodes claiming one node id in one
+request are both refused: at most one of them is the machine that attested.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Candidate(NamedTuple):
     a filter request makes one per node, thousands at a time."""
 
     name: str
-    node_id: str
+    node_id: str | None  # None: unmapped (`node_id_source: label`), refused as unknown
     node: Mapping[str, object] | None = None
 
 
@@ -187,23 +188,27 @@ def _boolean(key: str, value: str) -> bool:
     return value == "true"
 
 
-#: The id of a node that `node_id_source: label` cannot map (see kubernetes_node_id).
-UNMAPPED: Final = "unmapped/"
-
-
 def kubernetes_node_id(
     node_name: str, labels: Mapping[str, str] | None, config: AdmissionConfig
-) -> str:
+) -> str | None:
     """The Lightgate node id of a Kubernetes node: configured name first, then the
-    node's `node_label` (only when the full Node was sent), else the name itself; with
-    `node_id_source: label`, never the name: `unmapped/<name>`, an id no node can
-    enroll under ('/' is not allowed in one), so the node is judged unknown."""
+    node's `node_label` (only when the full Node was sent), else the name itself.  With
+    `node_id_source: label` never the name: None, a node that cannot be mapped, which
+    every caller refuses as unknown (`unmapped_reason`)."""
     configured = config.node_names.get(node_name)
     if configured:
         return configured
     if labels is not None and labels.get(config.node_label):
         return labels[config.node_label]
-    return node_name if config.node_id_source == "name" else f"{UNMAPPED}{node_name}"
+    return node_name if config.node_id_source == "name" else None
+
+
+def unmapped_reason(node_name: str) -> str:
+    """Why a node `kubernetes_node_id` could not map is refused."""
+    return (
+        f"Kubernetes node {node_name} has no Lightgate node id: it is not in"
+        " admission.node_names and carries no node id label (node_id_source: label)"
+    )
 
 
 def kind_and_reason(verdict: Verdict) -> str:

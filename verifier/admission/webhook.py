@@ -16,6 +16,10 @@ a node that is unknown, revoked, expired or not affirming, whoever the binder is
 pod that allows warning nodes cannot be bound to one through the webhook unless its
 binder copies `allow-warning` onto the Binding.
 
+The webhook sees a node's name, never its labels: with `node_id_source: label` only a
+node listed in `node_names` has a Lightgate node id here; any other is refused as
+unknown (a Kubernetes name is never taken for a Lightgate id in that mode).
+
 A review that cannot be read, or a verifier malfunction, is refused with the reason
 (`webhook_on_error: closed`), or admitted with a warning (`open`).  Only a body without
 a request uid is answered HTTP 400: nothing else can be answered to, and the API server
@@ -49,6 +53,7 @@ from verifier.admission.kubernetes import (
     member_text,
     pod_ref,
     requirements_from_annotations,
+    unmapped_reason,
 )
 
 log = logging.getLogger("lightgate.verifier.admission")
@@ -67,7 +72,7 @@ class Placement:
     via: Literal["binding", "pod"]
     pod: PodRef  # for a binding: the Binding's name, namespace and annotations
     node_name: str
-    node_id: str
+    node_id: str | None  # None: unmapped (`node_id_source: label`), refused as unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,12 +151,16 @@ def _binding(binding: Mapping[str, object], namespace: str, config: AdmissionCon
 def judge_placement(
     placement: Placement, requirements: Requirements, lookup: Lookup, now: datetime
 ) -> tuple[Verdict, ReviewAnswer]:
-    verdict = judge(placement.node_id, lookup(placement.node_id), requirements, now)
+    node_id = placement.node_id
+    if node_id is None:
+        verdict = Verdict("", False, "unknown", unmapped_reason(placement.node_name))
+    else:
+        verdict = judge(node_id, lookup(node_id), requirements, now)
     if verdict.allowed:
         return verdict, ReviewAnswer(True, HTTPStatus.OK, verdict.reason)
     node = placement.node_name
-    if placement.node_id != node:
-        node += f" (Lightgate node {placement.node_id})"
+    if node_id is not None and node_id != node:
+        node += f" (Lightgate node {node_id})"
     doing = "binding" if placement.via == "binding" else "creating"
     message = (
         f"lightgate refused {doing} {placement.pod.workload} on node {node}: "

@@ -5,15 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
-from lightgate.config import (
-    AdmissionConfig,
-    AgentConfig,
-    ConfigError,
-    VerifierConfig,
-    load_config,
-)
+from lightgate.config import AgentConfig, ConfigError, VerifierConfig, load_config
 from verifier.evidence.tpm_structures import HashAlg
 
 
@@ -76,26 +69,3 @@ def test_pcr_selection_must_quote_something_once(
     path.write_text(f"attestation:\n  pcr_selection: {selection}\n")
     with pytest.raises(ConfigError, match=needle):
         load_config(VerifierConfig, path)
-
-
-@pytest.mark.parametrize(
-    "admission",
-    [
-        {"certificate_lifetime_seconds": float("nan")},
-        {"token_lifetime_seconds": float("inf")},
-        {"challenge_ttl_seconds": 1e12},
-        {"sync_seconds": float("nan")},
-        {"certificate_lifetime_seconds": 91 * 86400.0},
-        {"token_lifetime_seconds": 2 * 86400.0},
-        {"min_credential_seconds": 600.0},  # = the token lifetime: nothing could be issued
-        {"min_credential_seconds": float("nan")},
-    ],
-)
-def test_admission_lifetimes_are_finite_and_sane(admission: dict[str, float]) -> None:
-    with pytest.raises(ValidationError):
-        AdmissionConfig(**admission)
-
-
-def test_tokens_are_issued_for_no_audience_unless_listed() -> None:
-    assert AdmissionConfig().token_audiences == ()
-    assert AdmissionConfig(token_audiences=["payments"]).token_audiences == ("payments",)

@@ -16,6 +16,7 @@ from verifier.admission.ca import (
     LocalCertificateAuthority,
     LocalTokenIssuer,
     attestation_extension,
+    audience_refusal,
     new_serial,
     node_uri,
     openid_configuration,
@@ -75,6 +76,17 @@ def test_certificate_says_what_the_order_says() -> None:
     assert points[0].full_name[0].value == order.crl_url
 
 
+def test_a_node_cannot_claim_a_host_name() -> None:
+    """A node picks its own id at enrollment: one spelled like a host name must not get a
+    certificate a TLS client would accept for that host (no DNS SAN, no serverAuth)."""
+    der = _ca().issue(_order(node_id="login.bank.example"))
+    certificate = x509.load_der_x509_certificate(der)
+    san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert list(san) == [x509.UniformResourceIdentifier("urn:lightgate:node:login.bank.example")]
+    usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert x509.ExtendedKeyUsageOID.SERVER_AUTH not in usages
+
+
 def test_crl_lists_the_revoked_serials() -> None:
     ca = _ca()
     serials = [new_serial(), new_serial()]
@@ -106,3 +118,37 @@ def test_tokens_are_at_jwt_signed_with_the_published_keys() -> None:
     discovery = openid_configuration(issuer.issuer)
     assert discovery["jwks_uri"] == "https://verifier.example/.well-known/jwks.json"
     assert discovery["issuer"] == "https://verifier.example"
+
+
+# --- token audiences -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "audience", [["payments"], ["payments", "api.example"], ["api.example"] * 2]
+)
+def test_audiences_that_are_all_allowed_pass(audience: list[str]) -> None:
+    assert audience_refusal(audience, ("payments", "api.example")) is None
+
+
+@pytest.mark.parametrize(
+    ("audience", "allowed", "needle"),
+    [
+        ([], ("payments",), "needs an audience"),
+        ([""], ("payments", ""), "1-512 characters, not 0"),
+        (["x" * 513], ("x" * 513,), "1-512 characters, not 513"),
+        (["payments", "ledger"], ("payments",), "for audience ledger"),
+        (["*"], ("payments",), "for audience *"),  # "*" is no wildcard
+        (["payments"], ("*",), "for audience payments"),
+        (["payments"], (), "admission.token_audiences lists none"),  # closed by default
+        (["Payments"], ("payments",), "for audience Payments"),  # compared exactly
+    ],
+)
+def test_audiences_refused(audience: list[str], allowed: tuple[str, ...], needle: str) -> None:
+    reason = audience_refusal(audience, allowed)
+    assert reason is not None
+    assert needle in reason
+
+
+def test_audience_refusal_names_a_few_unknown_audiences() -> None:
+    reason = audience_refusal([f"aud-{n}" for n in range(6)], ("payments",))
+    assert reason == "no token is issued for audience aud-0, aud-1, aud-2 and 3 more"

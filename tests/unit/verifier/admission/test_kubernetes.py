@@ -245,6 +245,17 @@ def binding_review(
     }
 
 
+def legacy_binding_review(node_name: str, uid: str = "lb-1") -> Any:
+    """POST /api/v1/namespaces/shop/bindings: the `bindings` resource, no subresource."""
+    document = binding_review(node_name, uid=uid)
+    request = document["request"]
+    for field in ("resource", "requestResource"):
+        request[field] = {"group": "", "version": "v1", "resource": "bindings"}
+    for field in ("subResource", "requestSubResource"):
+        del request[field]  # the API server leaves an empty subresource out
+    return document
+
+
 def pod_review(
     node_name: str | None,
     annotations: Mapping[str, str] | None = None,
@@ -383,6 +394,17 @@ def test_node_id_from_the_table_then_the_label_then_the_name() -> None:
     assert kubernetes_node_id("worker-8", None, config) == "worker-8"
 
 
+def test_label_source_maps_by_the_table_then_the_label_and_never_the_name() -> None:
+    config = AdmissionConfig(
+        node_id_source="label", node_names={"worker-7": "tpm-0c1f"}, node_label="example/id"
+    )
+    assert kubernetes_node_id("worker-7", None, config) == "tpm-0c1f"
+    assert kubernetes_node_id("worker-8", {"example/id": "tpm-9a9a"}, config) == "tpm-9a9a"
+    assert kubernetes_node_id("worker-8", {"example/id": ""}, config) is None
+    assert kubernetes_node_id("worker-8", {}, config) is None
+    assert kubernetes_node_id("worker-8", None, config) is None
+
+
 # --- extender: filter -----------------------------------------------------------------
 
 ALL_NODES = [*sorted(INDEX), "worker-unknown"]
@@ -476,26 +498,76 @@ def test_filter_label_ignored_without_full_nodes_and_table_first() -> None:
     assert result["FailedAndUnresolvableNodes"] == {"gpu-4": "lightgate: node not enrolled"}
 
 
-def test_label_source_never_takes_a_node_name_for_a_node_id() -> None:
-    """`node_id_source: label`: a node neither listed nor labelled is unknown, even
-    when its name is the id of a trusted node (in every extender mode and the webhook)."""
-    config = AdmissionConfig(node_id_source="label", node_names={"gpu-3": "worker-affirming"})
-    label = {config.node_label: "worker-affirming"}
-    nodes = [node("worker-affirming"), node("labelled", label)]
-    _, full = call(FILTER_PATH, nodes_args(nodes), routes(config))
-    assert [n["metadata"]["name"] for n in full["Nodes"]["items"]] == ["labelled"]
-    assert full["FailedAndUnresolvableNodes"] == {
-        "worker-affirming": "lightgate: node not enrolled"
+LABEL_SOURCE = AdmissionConfig(node_id_source="label", node_names={"gpu-3": "worker-affirming"})
+UNMAPPED_LINE = "lightgate: node has no Lightgate node id (no mapping or label)"
+
+
+def test_label_source_never_takes_a_node_name_for_a_node_id_full_nodes() -> None:
+    """`node_id_source: label`: a node neither listed nor labelled is refused, even when
+    its name is the id of a trusted node (a node picks its own id at enrollment)."""
+    label = {LABEL_SOURCE.node_label: "worker-stale"}
+    empty = {LABEL_SOURCE.node_label: ""}
+    nodes = [node("worker-affirming"), node("labelled", label), node("gpu-3"), node("x", empty)]
+    _, result = call(FILTER_PATH, nodes_args(nodes), routes(LABEL_SOURCE))
+    assert [n["metadata"]["name"] for n in result["Nodes"]["items"]] == ["labelled", "gpu-3"]
+    assert result["FailedAndUnresolvableNodes"] == {
+        "worker-affirming": UNMAPPED_LINE,
+        "x": UNMAPPED_LINE,
     }
-    _, names = call(FILTER_PATH, names_args(["gpu-3", "worker-affirming"]), routes(config))
-    assert names["NodeNames"] == ["gpu-3"]
-    assert names["FailedAndUnresolvableNodes"] == {
-        "worker-affirming": "lightgate: node not enrolled"
+
+
+def test_label_source_never_takes_a_node_name_for_a_node_id_node_names() -> None:
+    names = names_args(["gpu-3", "worker-affirming", "worker-revoked"])
+    _, result = call(FILTER_PATH, names, routes(LABEL_SOURCE))
+    assert result["NodeNames"] == ["gpu-3"]
+    assert result["FailedAndUnresolvableNodes"] == {
+        "worker-affirming": UNMAPPED_LINE,
+        "worker-revoked": UNMAPPED_LINE,
     }
-    refused = review(binding_review("worker-affirming"), config)
+
+
+def test_label_source_logs_why_a_node_is_unmapped(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="lightgate.verifier.admission"):
+        call(FILTER_PATH, names_args(["worker-affirming"]), routes(LABEL_SOURCE))
+    [record] = [r for r in caplog.records if r.getMessage() == "extender filter"]
+    [entry] = record.__dict__["fields"]["refused"]
+    assert entry["node_id"] is None
+    assert "worker-affirming has no Lightgate node id" in entry["reason"]
+
+
+def test_label_source_scores_an_unmapped_node_zero() -> None:
+    names = names_args(["worker-affirming", "gpu-3"])
+    _, result = call(PRIORITIZE_PATH, names, routes(LABEL_SOURCE))
+    scores = {entry["Host"]: entry["Score"] for entry in result}
+    assert scores["worker-affirming"] == 0
+    assert scores["gpu-3"] > 0
+    label = {LABEL_SOURCE.node_label: "worker-stale"}
+    _, full = call(
+        PRIORITIZE_PATH,
+        nodes_args([node("x", label), node("worker-affirming")]),
+        routes(LABEL_SOURCE),
+    )
+    assert [entry["Score"] > 0 for entry in full] == [True, False]
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        binding_review("worker-affirming"),
+        legacy_binding_review("worker-affirming"),
+        pod_review("worker-affirming"),
+    ],
+)
+def test_label_source_webhook_refuses_a_node_it_cannot_map(document: Any) -> None:
+    """The webhook never sees labels: only `node_names` maps a node for it."""
+    refused = review(document, LABEL_SOURCE)
     assert not refused["allowed"]
-    assert "unmapped/worker-affirming" in refused["status"]["message"]
-    assert review(binding_review("gpu-3"), config)["allowed"]
+    assert refused["status"]["code"] == 403
+    message = refused["status"]["message"]
+    assert "on node worker-affirming: unknown: Kubernetes node worker-affirming has no" in message
+    assert "Lightgate node id" in message
+    placed = json.loads(json.dumps(document).replace("worker-affirming", "gpu-3"))
+    assert review(placed, LABEL_SOURCE)["allowed"]
 
 
 def test_filter_logs_one_event_with_every_node(caplog: pytest.LogCaptureFixture) -> None:
@@ -665,17 +737,6 @@ def test_binding_in_each_state(name: str) -> None:
     message = response["status"]["message"]
     assert f"on node {name}: {kind}: " in message
     assert "binding pod shop/web-7d4b9c6f5-x2x9q" in message
-
-
-def legacy_binding_review(node_name: str, uid: str = "lb-1") -> Any:
-    """POST /api/v1/namespaces/shop/bindings: the `bindings` resource, no subresource."""
-    document = binding_review(node_name, uid=uid)
-    request = document["request"]
-    for field in ("resource", "requestResource"):
-        request[field] = {"group": "", "version": "v1", "resource": "bindings"}
-    for field in ("subResource", "requestSubResource"):
-        del request[field]  # the API server leaves an empty subresource out
-    return document
 
 
 @pytest.mark.parametrize("name", sorted(REVIEWED))
@@ -1014,6 +1075,10 @@ def test_webhook_configuration_calls_the_route() -> None:
     [rule] = webhook["rules"]
     assert rule["operations"] == ["CREATE"]
     assert set(rule["resources"]) == {"pods", "pods/binding", "bindings"}
+    # every binding reaches the verifier, by subresource or by the older resource
+    [condition] = webhook["matchConditions"]
+    assert "request.subResource == 'binding'" in condition["expression"]
+    assert "request.resource.resource == 'bindings'" in condition["expression"]
     service = one(manifests("verifier-deployment.yaml"), "Service")
     target = webhook["clientConfig"]["service"]
     assert (target["namespace"], target["name"]) == (
@@ -1035,6 +1100,8 @@ def test_verifier_configuration_is_valid_and_serves_the_routes_over_tls() -> Non
     assert config.admission.webhook_on_error == "closed"
     assert config.admission.node_label.startswith("node-restriction.kubernetes.io/")
     assert config.admission.issuer == "https://lightgate-verifier.lightgate.svc:8443"
+    assert config.admission.node_id_source == "name"
+    assert config.admission.token_audiences == ()  # closed until an operator lists some
     deployment = one(documents, "Deployment")
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert container["command"] + container["args"][:2] == ["attest", "verifier", "serve"]
