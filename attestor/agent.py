@@ -322,6 +322,7 @@ class Agent:
         """Enroll if needed, then attest every interval until `stop` is set."""
         rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         failures = 0
+        ping_every = sdnotify.watchdog_seconds()
         while not stop.is_set():
             try:
                 if not self.state.enrolled:
@@ -333,7 +334,7 @@ class Agent:
                 sdnotify.notify(
                     f"STATUS=last attestation: {convert.STATUS_FROM_WIRE.get(response.status)}"
                 )
-                stop.wait(self.config.interval_seconds)
+                sdnotify.rest(stop, self.config.interval_seconds, ping_every)
                 continue
             except grpc.RpcError as exc:
                 code = exc.code()
@@ -373,7 +374,7 @@ class Agent:
             )
             failures += 1
             sdnotify.notify(f"STATUS=retrying in {delay:.1f}s")
-            stop.wait(delay)
+            sdnotify.rest(stop, delay, ping_every)
 
 
 def run_agent(config: AgentConfig, stop: threading.Event) -> None:

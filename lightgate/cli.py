@@ -20,7 +20,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lightgate import logs
+from lightgate import logs, sdnotify
 from lightgate.cli_boot import eventlog_app, golden_app
 from lightgate.cli_common import CliError, ConfigOption, JsonOption, err, fail, out
 from lightgate.cli_node import admin_app, node_app
@@ -74,9 +74,13 @@ def verifier_serve(config: ConfigOption = None, log_level: str = "INFO") -> None
     settings = load_config(VerifierConfig, config)
     stop = _stop_on_signals()
     running = start_verifier(settings)
+    sdnotify.notify(f"READY=1\nSTATUS=serving gRPC on port {running.port}")
     try:
-        stop.wait()
+        ping_every = sdnotify.watchdog_seconds()
+        while not sdnotify.rest(stop, 3600.0, ping_every):
+            pass
     finally:
+        sdnotify.notify("STOPPING=1")
         running.stop(grace=2.0)
 
 

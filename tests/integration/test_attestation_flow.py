@@ -464,6 +464,58 @@ def test_agent_survives_verifier_outage(
     assert not runner.is_alive()
 
 
+def test_agent_resumes_by_itself_after_the_verifier_stops_and_restarts(
+    make_swtpm: SwtpmFactory,
+    make_verifier: VerifierFactory,
+    make_agent: AgentFactory,
+    database_url: str | None,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Mid-run the verifier goes away: the agent keeps running (backing off, no crash),
+    and attests again by itself once a verifier serves the same address and store."""
+    import threading
+    import time
+
+    caplog.set_level("WARNING", logger="lightgate.agent")
+    url = database_url or f"sqlite:///{tmp_path / 'shared.db'}"
+    first = make_verifier(url)
+    address = first.address
+    agent = make_agent(
+        make_swtpm(),
+        first,
+        backoff_initial_seconds=0.05,
+        backoff_max_seconds=0.2,
+        interval_seconds=0.1,
+        rpc_timeout_seconds=1,
+    )
+    stop = threading.Event()
+    runner = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    runner.start()
+
+    def newest_result(store: Any, above: int = 0) -> int:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            results = store.results_for(agent.node_id, limit=1)
+            if results and results[0].status == "affirming" and results[0].id > above:
+                return int(results[0].id)
+            time.sleep(0.05)
+        raise AssertionError("the agent never attested")
+
+    before = newest_result(first.running.store)
+    first.running.stop(grace=0)
+    deadline = time.monotonic() + 60
+    while not any(r.getMessage() == "verifier call failed" for r in caplog.records):
+        assert time.monotonic() < deadline, "the agent never noticed the outage"
+        time.sleep(0.05)
+    assert runner.is_alive()  # backing off, not dead
+    second = make_verifier(url, listen=address)
+    newest_result(second.running.store, above=before)  # attested again, unaided
+    stop.set()
+    runner.join(timeout=10)
+    assert not runner.is_alive()
+
+
 def test_wrong_answer_does_not_cancel_a_nodes_enrollment(
     make_swtpm: SwtpmFactory, verifier: VerifierHandle, make_agent: AgentFactory
 ) -> None:

@@ -143,3 +143,14 @@ def test_admission_json_shape() -> None:
     assert isinstance(checks, dict) and checks and all(checks.values()), checks
     for op in ("filter_1k", "watch_revoked"):
         assert document["results"][op]["p99_us"] >= document["results"][op]["median_us"]
+
+
+def test_agent_json_shape() -> None:
+    document = run_benchmark("agent")
+    commands = ("lightgate-agent", "attest agent run")
+    check_shape(document, "agent", {f"{c}.cpu_per_attestation" for c in commands})
+    memory = document["memory"]
+    assert isinstance(memory, dict) and set(memory) == set(commands)
+    for measured in memory.values():
+        assert 0 < measured["rss_mb"] <= measured["peak_rss_mb"]
+        assert measured["aim_max_mb"] == 40.0
