@@ -174,11 +174,7 @@ class CredentialGate:
         csr_der: bytes,
         requirements: Requirements,
     ) -> IssuedCertificate:
-        key = self._proven_key(node_id, certification, nonce)
-        try:
-            verify_csr(csr_der, key, node_id=node_id)
-        except EvidenceError as refusal:
-            raise CredentialProofInvalid(refusal.message, node_id=node_id) from None
+        key = self._proven_key(node_id, certification, nonce, csr_der)
         now = self._now()
         ear, status, not_after = self._vouched(node_id, requirements, now, self._certificate_life)
         serial = new_serial()
@@ -193,7 +189,17 @@ class CredentialGate:
             crl_url=self._crl_url(),
         )
         der = self._ca.issue(order)
-        self._record(node_id, CREDENTIAL_CERTIFICATE, serial, now, not_after, node_id, order, key)
+        self._record(
+            node_id,
+            CREDENTIAL_CERTIFICATE,
+            serial,
+            now,
+            not_after,
+            node_id,
+            order,
+            key,
+            requirements=requirements,
+        )
         log.info(
             "certificate issued",
             extra={
@@ -249,6 +255,7 @@ class CredentialGate:
             None,
             key,
             ear_digest,
+            requirements=requirements,
         )
         log.info(
             "token issued", extra={"fields": {"node": node_id, "jti": jti, "aud": list(audience)}}
@@ -260,9 +267,14 @@ class CredentialGate:
         return timedelta(seconds=self._config.certificate_lifetime_seconds)
 
     def _proven_key(
-        self, node_id: str, certification: KeyCertification, nonce: bytes
+        self,
+        node_id: str,
+        certification: KeyCertification,
+        nonce: bytes,
+        csr_der: bytes | None = None,
     ) -> CertifiedKey:
-        """Checks 1 and 2: the nonce, then the AK's word for the key."""
+        """Checks 1 to 3: the nonce, the AK's word for the key, the CSR (if any); the
+        nonce is spent only when all of them passed."""
         node = self._node_of(node_id)
         if node is None or node.state != NODE_ENROLLED or node.ak_public is None:
             raise UnknownNode("no enrolled node with that id", node_id=node_id)
@@ -283,6 +295,8 @@ class CredentialGate:
             rebooted = node.last_clock is None or check_clock(
                 node.last_clock, key.clock_info, node_id
             )
+            if csr_der is not None:
+                verify_csr(csr_der, key, node_id=node_id)
         except EvidenceError as refusal:
             raise CredentialProofInvalid(refusal.message, node_id=node_id) from None
         if rebooted:
@@ -291,8 +305,8 @@ class CredentialGate:
                 " no quote with this AK was accepted yet: it must attest again first",
                 node_id=node_id,
             )
-        # Spent only once the AK's signatures checked, so that someone who saw a nonce
-        # cannot burn it for the node.
+        # Spent only once the AK's signatures (and the CSR) checked, so that someone who
+        # saw a nonce cannot burn it for the node.
         if not self._store.spend_nonce(record, nonce_issued_at(nonce), now):
             raise CredentialProofInvalid("the nonce was used before (a replay)", node_id=node_id)
         return key
@@ -329,8 +343,11 @@ class CredentialGate:
         order: CertificateOrder | None,
         key: CertifiedKey,
         ear_digest: bytes | None = None,
+        *,
+        requirements: Requirements,
     ) -> None:
-        """Record the credential, then check 5."""
+        """Record the credential, then check 5: the node is still trusted for it, by the
+        same judgement as check 4 (state and location)."""
         digest = order.ear_digest if order is not None else ear_digest or b""
         record = CredentialRecord(
             serial=f"{serial:x}",
@@ -343,10 +360,12 @@ class CredentialGate:
             key_name=key.name,
         )
         self._store.record_credential(record)
-        entry = self._index.get(node_id)
-        if entry is None or not entry.trusted(self._now()):
+        strict = replace(requirements, allow_warning=False)
+        if not judge(node_id, self._index.get(node_id), strict, self._now()).allowed:
             reason = "trust was lost while the credential was being issued"
-            self._store.revoke_credentials(node_id, reason, self._now())
+            # This credential only: the node's others are the revocation worker's to
+            # judge (a node trusted elsewhere keeps them; one that lost trust does not).
+            self._store.revoke_credentials(node_id, reason, self._now(), record.serial)
             raise CredentialRefused(reason, node_id=node_id)
 
     # --- revocation ----------------------------------------------------------------

@@ -88,14 +88,19 @@ class AdmissionRecords:
         with self._write() as connection:
             connection.execute(insert(CREDENTIALS), asdict(credential))
 
-    def revoke_credentials(self, node_id: str, reason: str, at: datetime) -> list[str]:
-        """Revoke every credential of the node that is still live at `at`; returns their
-        serials (none when there were none, or they were revoked already)."""
+    def revoke_credentials(
+        self, node_id: str, reason: str, at: datetime, serial: str | None = None
+    ) -> list[str]:
+        """Revoke every credential of the node (or only `serial`) that is still live at
+        `at`; returns their serials (none when there were none, or they were revoked
+        already)."""
         live = and_(
             CREDENTIALS.c.node_id == node_id,
             CREDENTIALS.c.revoked_at.is_(None),
             CREDENTIALS.c.not_after > at,
         )
+        if serial is not None:
+            live = and_(live, CREDENTIALS.c.serial == serial)
         with self._write() as connection:
             serials = [
                 row.serial for row in connection.execute(select(CREDENTIALS.c.serial).where(live))
