@@ -18,11 +18,14 @@ from verifier.results import AttestationResult, evidence_digest, sign_result, si
 
 KEY = SigningKey.generate()
 OTHER = SigningKey.generate()
+# The CLI judges expiry by the real clock: results here last a day past collection, so
+# a long test run never sees them expire (the expiry test names its own instant).
 NOW = datetime.now(UTC).replace(microsecond=0)
+LASTS = timedelta(days=1)
 runner = CliRunner()
 
 
-def result(expires_in: timedelta = timedelta(minutes=5)) -> AttestationResult:
+def result(expires_in: timedelta = LASTS) -> AttestationResult:
     return AttestationResult(
         node_id="node-7",
         status="contraindicated",
@@ -74,7 +77,7 @@ def test_verify_json(jwks_file: Path) -> None:
     assert document["verified"] is True
     assert document["node_id"] == "node-7"
     assert document["trust_vector"] == {"hardware": 2, "configuration": 96, "executables": 2}
-    assert document["expires_at"] == (NOW + timedelta(minutes=5)).isoformat()
+    assert document["expires_at"] == (NOW + LASTS).isoformat()
 
 
 def test_verify_from_a_file_and_from_stdin(jwks_file: Path, tmp_path: Path) -> None:
@@ -115,7 +118,7 @@ def test_verify_with_a_key_not_in_the_jwks_fails(jwks_file: Path) -> None:
 
 def test_verify_expired_fails(jwks_file: Path) -> None:
     token = sign_result(result(), KEY)
-    later = (NOW + timedelta(hours=1)).isoformat()
+    later = (NOW + LASTS + timedelta(hours=1)).isoformat()
     outcome = runner.invoke(result_app, ["verify", token, "--jwks", str(jwks_file), "--at", later])
     assert outcome.exit_code == 1
     assert outcome.stderr.startswith("error: result-expired:")

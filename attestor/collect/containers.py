@@ -1,0 +1,273 @@
+"""The containers containerd runs on this node, and the image digest each was made from.
+
+Read from containerd's own gRPC API on its Unix socket (proto/containerd/: Containers/List,
+Tasks/List, Images/Get), never by scraping `ctr` or `nerdctl` output, whose format is not an
+interface.  containerd scopes every object to a namespace, named per call in the gRPC
+metadata key `containerd-namespace`.
+
+The digest reported is the target of the image record the container names, as containerd
+holds it when read: the manifest (or, for a multi-platform image, the index).  A container
+records only the image's name, so if that name has been re-pointed since the container was
+made, the digest is the new target's; closing that gap (e.g. from the snapshot chain) is
+left to a later slice.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+import grpc
+
+from lightgate.wire.containerd import (
+    containers_pb2,
+    containers_pb2_grpc,
+    images_pb2,
+    images_pb2_grpc,
+    task_pb2,
+    tasks_pb2,
+    tasks_pb2_grpc,
+)
+
+log = logging.getLogger("lightgate.agent")
+
+#: The gRPC metadata key containerd reads the namespace from (containerd/namespaces/grpc.go).
+NAMESPACE_METADATA_KEY: Final = "containerd-namespace"
+DEFAULT_TIMEOUT_SECONDS: Final = 5.0
+#: OCI image-spec digests this agent reports; containerd's content store addresses by sha256.
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_NAMESPACE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
+
+
+class ContainerRuntimeError(Exception):
+    """containerd could not tell the agent which containers run here."""
+
+
+class ContainerRuntimeUnavailable(ContainerRuntimeError):
+    """No containerd answers on the socket (absent, not a socket, refused or timed out)."""
+
+
+class ContainerRuntimeApiFailed(ContainerRuntimeError):
+    """containerd answered a call with an error status."""
+
+
+class ContainerRecordMalformed(ContainerRuntimeError):
+    """containerd returned a record the agent cannot report (e.g. a digest not sha256:hex)."""
+
+
+class TaskStatus(enum.StrEnum):
+    """containerd.v1.types.Status of a container's task, or NO_TASK when it has none."""
+
+    UNKNOWN = "unknown"
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    PAUSED = "paused"
+    PAUSING = "pausing"
+    NO_TASK = "no_task"
+
+
+_STATUS_BY_WIRE: Final[Mapping[int, TaskStatus]] = {
+    task_pb2.UNKNOWN: TaskStatus.UNKNOWN,
+    task_pb2.CREATED: TaskStatus.CREATED,
+    task_pb2.RUNNING: TaskStatus.RUNNING,
+    task_pb2.STOPPED: TaskStatus.STOPPED,
+    task_pb2.PAUSED: TaskStatus.PAUSED,
+    task_pb2.PAUSING: TaskStatus.PAUSING,
+}
+
+
+@dataclass(frozen=True)
+class RunningContainer:
+    """One container of the namespace, as containerd records it.
+
+    `image_digest` is the target digest ("sha256:<hex>") of the image record named
+    `image_name`, and `image_media_type` says whether that is a manifest or an index.  Both
+    are None when the container names no image (made from a bare rootfs) or the image record
+    is gone (deleted after the container was made): the verifier must treat such a
+    container as running unknown content.
+    """
+
+    container_id: str
+    image_name: str
+    image_digest: str | None
+    image_media_type: str | None
+    task_status: TaskStatus
+
+
+# --- pure functions: containerd responses to records -------------------------------------
+
+
+def task_statuses(tasks: Iterable[task_pb2.Process]) -> dict[str, TaskStatus]:
+    """Each container's task status, keyed by container id.
+
+    Tasks/List returns each task's init process, whose `id` is the container id (containerd
+    1.6 leaves `container_id` empty there); either is accepted.
+    """
+    statuses: dict[str, TaskStatus] = {}
+    for task in tasks:
+        container_id = task.container_id or task.id
+        if not container_id:
+            raise ContainerRecordMalformed("containerd listed a task with no container id")
+        statuses[container_id] = _STATUS_BY_WIRE.get(task.status, TaskStatus.UNKNOWN)
+    return statuses
+
+
+def image_target(image: images_pb2.Image | None) -> tuple[str, str] | None:
+    """The (digest, media type) an image record points at, or None when there is no record."""
+    if image is None:
+        return None
+    digest = image.target.digest
+    if not _DIGEST.fullmatch(digest):
+        raise ContainerRecordMalformed(
+            f"image {image.name!r}: target digest {digest!r} is not sha256:<64 hex digits>"
+        )
+    return digest, image.target.media_type
+
+
+def running_container(
+    container: containers_pb2.Container,
+    target: tuple[str, str] | None,
+    statuses: Mapping[str, TaskStatus],
+) -> RunningContainer:
+    """The record for one container, given its image's target and the namespace's tasks."""
+    if not container.id:
+        raise ContainerRecordMalformed("containerd listed a container with no id")
+    digest, media_type = target if target is not None else (None, None)
+    return RunningContainer(
+        container_id=container.id,
+        image_name=container.image,
+        image_digest=digest,
+        image_media_type=media_type,
+        task_status=statuses.get(container.id, TaskStatus.NO_TASK),
+    )
+
+
+# --- the edge: containerd's gRPC API on its socket ---------------------------------------
+
+
+class ContainerdClient:
+    """Calls to one containerd namespace over `unix://<socket_path>`; use as a context."""
+
+    def __init__(
+        self,
+        socket_path: Path,
+        namespace: str,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    ) -> None:
+        if not _NAMESPACE.fullmatch(namespace):
+            raise ValueError(f"{namespace!r} is not a containerd namespace name")
+        socket_path = socket_path.absolute()
+        try:
+            is_socket = socket_path.is_socket()
+            what = "not a socket" if socket_path.exists() else "nothing"
+        except OSError as exc:  # e.g. EACCES on a parent directory: not ours to read
+            raise ContainerRuntimeUnavailable(f"no containerd at {socket_path}: {exc}") from exc
+        if not is_socket:
+            raise ContainerRuntimeUnavailable(
+                f"no containerd at {socket_path}: {what} there (is containerd running, "
+                "and is this its --address?)"
+            )
+        self.socket_path = socket_path
+        self.namespace = namespace
+        self.timeout = timeout
+        self._metadata = ((NAMESPACE_METADATA_KEY, namespace),)
+        self._channel = grpc.insecure_channel(f"unix://{socket_path}")
+        self._containers = containers_pb2_grpc.ContainersStub(self._channel)
+        self._tasks = tasks_pb2_grpc.TasksStub(self._channel)
+        self._images = images_pb2_grpc.ImagesStub(self._channel)
+
+    def __enter__(self) -> ContainerdClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def containers(self) -> list[containers_pb2.Container]:
+        try:
+            response = self._containers.List(
+                containers_pb2.ListContainersRequest(),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+        except grpc.RpcError as exc:
+            raise self._failure("Containers/List", exc) from exc
+        return list(response.containers)
+
+    def tasks(self) -> list[task_pb2.Process]:
+        try:
+            response = self._tasks.List(
+                tasks_pb2.ListTasksRequest(), metadata=self._metadata, timeout=self.timeout
+            )
+        except grpc.RpcError as exc:
+            raise self._failure("Tasks/List", exc) from exc
+        return list(response.tasks)
+
+    def image(self, name: str) -> images_pb2.Image | None:
+        """The image record `name`, or None when containerd has none by that name."""
+        try:
+            response = self._images.Get(
+                images_pb2.GetImageRequest(name=name),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise self._failure(f"Images/Get {name!r}", exc) from exc
+        return response.image if response.HasField("image") else None
+
+    def _failure(self, call: str, exc: grpc.RpcError) -> ContainerRuntimeError:
+        code = exc.code()
+        where = f"containerd at {self.socket_path}, namespace {self.namespace!r}"
+        detail = f"{call}: {code.name}: {exc.details()}"
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return ContainerRuntimeUnavailable(f"{where} did not answer {detail}")
+        return ContainerRuntimeApiFailed(f"{where} refused {detail}")
+
+
+def running_images(
+    socket_path: Path,
+    namespace: str,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+) -> list[RunningContainer]:
+    """Every container in `namespace` with its image digest and task status, by id.
+
+    All containers are reported, not only those with a running task: a created or stopped
+    container can be started at any moment, and which ones count is the verifier's call.
+    """
+    with ContainerdClient(socket_path, namespace, timeout) as client:
+        containers = client.containers()
+        statuses = task_statuses(client.tasks())
+        targets: dict[str, tuple[str, str] | None] = {}
+        for name in sorted({c.image for c in containers if c.image}):
+            targets[name] = image_target(client.image(name))
+    records = sorted(
+        (running_container(c, targets.get(c.image), statuses) for c in containers),
+        key=lambda record: record.container_id,
+    )
+    log.info(
+        "containers read",
+        extra={
+            "fields": {
+                "namespace": namespace,
+                "containers": len(records),
+                "unresolved_images": sum(1 for r in records if r.image_digest is None),
+            }
+        },
+    )
+    return records
