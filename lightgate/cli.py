@@ -25,6 +25,7 @@ from lightgate.cli_boot import eventlog_app, golden_app
 from lightgate.cli_common import CliError, ConfigOption, JsonOption, err, fail, out
 from lightgate.cli_node import admin_app, node_app
 from lightgate.cli_policy import policy_app
+from lightgate.cli_report import report
 from lightgate.cli_result import result_app
 from lightgate.config import AgentConfig, ConfigError, VerifierConfig, load_config
 from lightgate.errors import Refusal
@@ -49,6 +50,7 @@ for sub, name in (
     app.add_typer(sub, name=name)
 app.add_typer(eventlog_app, name="eventlog")
 app.add_typer(golden_app, name="golden")
+app.command("report")(report)
 
 
 def _stop_on_signals() -> threading.Event:

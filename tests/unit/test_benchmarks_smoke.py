@@ -154,3 +154,13 @@ def test_agent_json_shape() -> None:
     for measured in memory.values():
         assert 0 < measured["rss_mb"] <= measured["peak_rss_mb"]
         assert measured["aim_max_mb"] == 40.0
+
+
+def test_report_json_shape() -> None:
+    document = run_benchmark("report")
+    ops = {"read_history", "build", "report", "report_json", "report_site", "cli_json"}
+    check_shape(document, "report", ops | {f"render_{f}" for f in ("json", "csv", "html", "table")})
+    checks = document["checks"]
+    assert isinstance(checks, dict) and checks and all(checks.values()), checks
+    fleet = document["fleet"]
+    assert isinstance(fleet, dict) and fleet["nodes"] > 0 and fleet["results"] > 0
