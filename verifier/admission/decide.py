@@ -42,6 +42,7 @@ class Requirements:
     location: Mapping[str, frozenset[str]] = field(default_factory=dict)
     allow_warning: bool = False
     _described: str = field(default="", init=False, repr=False, compare=False)
+    _key: tuple[object, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         where = "; ".join(
@@ -49,6 +50,13 @@ class Requirements:
             for name, values in sorted(self.location.items())
         )
         object.__setattr__(self, "_described", where or "anywhere")
+        location = tuple(sorted((name, tuple(sorted(v))) for name, v in self.location.items()))
+        object.__setattr__(self, "_key", (self.workload, self.allow_warning, location))
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        """Equal for requirements that judge alike (hashable, unlike the mapping)."""
+        return self._key
 
     def describe(self) -> str:
         return self._described
@@ -140,18 +148,50 @@ def location_mismatch(attested: Mapping[str, str], requirements: Requirements) -
     return f"{who}may run only where {requirements.describe()}: {'; '.join(problems)}"
 
 
+class RefusalMemo:
+    """Refused verdicts kept for the next Filter: a refusal's reason costs more to write
+    than an admission costs to decide, and the same nodes are refused for the same
+    reason request after request.  A verdict is reused only while the node's index
+    entry is the very object it was made from and its expiry has not passed since (the
+    only way time changes a verdict), for requirements with the same key.  Only
+    refusals go through it: a node is admitted by the decision itself, never by a
+    memory, so a stale entry here can at worst word a refusal, never admit."""
+
+    def __init__(self, most: int = 65536) -> None:
+        self._most = most
+        self._verdicts: dict[tuple[str, tuple[object, ...]], tuple[NodeTrust, bool, Verdict]] = {}
+
+    def judge(
+        self, node_id: str, entry: NodeTrust | None, requirements: Requirements, now: datetime
+    ) -> Verdict:
+        if entry is None:
+            return judge(node_id, entry, requirements, now)
+        lapsed = entry.expires_at is not None and now >= entry.expires_at
+        key = (node_id, requirements.key)
+        kept = self._verdicts.get(key)
+        if kept is not None and kept[0] is entry and kept[1] == lapsed:
+            return kept[2]
+        verdict = judge(node_id, entry, requirements, now)
+        if len(self._verdicts) >= self._most:
+            self._verdicts.clear()  # bounded; refilled by the next requests
+        self._verdicts[key] = (entry, lapsed, verdict)
+        return verdict
+
+
 def filter_nodes(
     node_ids: Iterable[str],
     lookup: Callable[[str], NodeTrust | None],
     requirements: Requirements,
     now: datetime,
+    memo: RefusalMemo | None = None,
 ) -> FilterOutcome:
     """The candidates that may run the workload, in the order given, and the refused
     ones with their verdicts.  A candidate named twice is judged once.
 
     The hot path of every scheduler's question: an admitted node costs a dict lookup
     and a few comparisons (the same rules as `judge`, inlined); only a refused node is
-    passed to `judge` for its verdict and reason."""
+    passed to `judge` (through `memo`, when given) for its verdict and reason."""
+    refuse = judge if memo is None else memo.judge
     allowed: list[str] = []
     refused: list[Verdict] = []
     states = LASTING if requirements.allow_warning else _AFFIRMING_ONLY
@@ -174,7 +214,7 @@ def filter_nodes(
         ):
             append(node_id)
         else:
-            refused.append(judge(node_id, entry, requirements, now))
+            refused.append(refuse(node_id, entry, requirements, now))
     return FilterOutcome(tuple(allowed), tuple(refused))
 
 

@@ -21,7 +21,7 @@ from lightgate.wire.v1 import admission_pb2 as pb
 from lightgate.wire.v1 import admission_pb2_grpc as pb_grpc
 from lightgate.wire.v1 import attestation_pb2 as attestation_pb
 from verifier.admission.ca import openid_configuration
-from verifier.admission.decide import NodeTrust, Requirements, filter_nodes
+from verifier.admission.decide import NodeTrust, RefusalMemo, Requirements, filter_nodes
 from verifier.admission.gate import CredentialGate
 from verifier.admission.index import TrustChange, TrustIndex, WatchClosed
 from verifier.api.attestation import refusals_to_status
@@ -116,6 +116,7 @@ class NodeTrustServicer(pb_grpc.NodeTrustServicer):
         self._index = index
         self._now = clock
         self._watches = threading.BoundedSemaphore(max_watches)
+        self._refusals = RefusalMemo()  # Filter's refused verdicts, reused (decide.py)
 
     @refusals_to_status
     def Get(
@@ -131,7 +132,9 @@ class NodeTrustServicer(pb_grpc.NodeTrustServicer):
         if len(request.node_ids) > MAX_CANDIDATES:
             raise MalformedRequest(f"at most {MAX_CANDIDATES} candidate nodes per request")
         requirements = requirements_of(request.requirements)
-        outcome = filter_nodes(request.node_ids, self._index.get, requirements, self._now())
+        outcome = filter_nodes(
+            request.node_ids, self._index.get, requirements, self._now(), self._refusals
+        )
         response = pb.FilterResponse(allowed=outcome.allowed)
         add = response.refused.add  # a third cheaper than building each RefusedNode
         for verdict in outcome.refused:

@@ -9,6 +9,7 @@ import pytest
 from verifier.admission.decide import (
     MAX_SCORE,
     NodeTrust,
+    RefusalMemo,
     Requirements,
     filter_nodes,
     judge,
@@ -109,3 +110,29 @@ def test_scores_rank_affirming_over_warning_and_fresh_over_stale() -> None:
     assert score(node("revoked"), allow, NOW) == 0
     assert score(None, allow, NOW) == 0
     assert score(warning, Requirements(), NOW) == 0  # not allowed at all
+
+
+def test_the_refusal_memo_words_refusals_only_while_nothing_changed() -> None:
+    """Filter reuses a refused verdict only for the same index entry on the same side of
+    its expiry; a changed entry is judged again, and admission never comes from it."""
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    memo = RefusalMemo()
+    eu = Requirements(workload="db", location={"region": frozenset({"eu-west"})})
+    us = NodeTrust("n1", "affirming", since=now, expires_at=now + timedelta(minutes=5),
+                   location={"region": "us-east"})  # fmt: skip
+    index = {"n1": us}
+    first = filter_nodes(["n1"], index.get, eu, now, memo)
+    assert [v.kind for v in first.refused] == ["wrong-location"]
+    again = filter_nodes(["n1"], index.get, eu, now, memo)
+    assert again.refused[0] is first.refused[0]  # reused, not rewritten
+    # the same entry past its expiry: judged again, now expired
+    later = filter_nodes(["n1"], index.get, eu, now + timedelta(minutes=6), memo)
+    assert [v.kind for v in later.refused] == ["expired"]
+    # a new entry (the node attested in eu-west): decided afresh, and admitted
+    index["n1"] = NodeTrust("n1", "affirming", since=now, expires_at=now + timedelta(minutes=5),
+                            location={"region": "eu-west"})  # fmt: skip
+    assert filter_nodes(["n1"], index.get, eu, now, memo).allowed == ("n1",)
+    # other requirements are other verdicts
+    other = Requirements(workload="web", location={"region": frozenset({"ap-south"})})
+    index["n1"] = us
+    assert "web" in filter_nodes(["n1"], index.get, other, now, memo).refused[0].reason
