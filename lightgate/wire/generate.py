@@ -23,27 +23,32 @@ PROTO_ROOT = REPO / "proto"
 OUTPUT = REPO / "lightgate" / "wire" / "v1"
 
 
+def run_protoc(protos: list[str], out: Path) -> None:
+    """Python, gRPC and mypy stubs of `protos` (paths under proto/) into `out`."""
+    include = str(resources.files("grpc_tools") / "_proto")
+    bindir = Path(sys.executable).parent  # mypy-protobuf's plugins sit beside python
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{include}",
+        f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        f"--mypy_out={out}",
+        f"--mypy_grpc_out={out}",
+        *protos,
+    ]
+    if protoc.main(args) != 0:
+        raise RuntimeError("protoc failed")
+
+
 def generate(output: Path = OUTPUT) -> list[Path]:
     protos = sorted(
         str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "lightgate" / "v1").glob("*.proto")
     )
-    include = str(resources.files("grpc_tools") / "_proto")
-    bindir = Path(sys.executable).parent  # mypy-protobuf's plugins sit beside python
     with tempfile.TemporaryDirectory() as tmp:
-        args = [
-            "grpc_tools.protoc",
-            f"-I{PROTO_ROOT}",
-            f"-I{include}",
-            f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
-            f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
-            f"--python_out={tmp}",
-            f"--grpc_python_out={tmp}",
-            f"--mypy_out={tmp}",
-            f"--mypy_grpc_out={tmp}",
-            *protos,
-        ]
-        if protoc.main(args) != 0:
-            raise RuntimeError("protoc failed")
+        run_protoc(protos, Path(tmp))
         output.mkdir(parents=True, exist_ok=True)
         written = []
         for source in sorted((Path(tmp) / "lightgate" / "v1").iterdir()):

@@ -15,13 +15,10 @@ from __future__ import annotations
 import re
 import sys
 import tempfile
-from importlib import resources
 from pathlib import Path
 
-from grpc_tools import protoc
+from lightgate.wire.generate import PROTO_ROOT, run_protoc
 
-REPO = Path(__file__).resolve().parents[3]
-PROTO_ROOT = REPO / "proto"
 OUTPUT = Path(__file__).resolve().parent
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
@@ -49,23 +46,8 @@ def generate(output: Path = OUTPUT) -> list[Path]:
     protos = sorted(
         str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "containerd").rglob("*.proto")
     )
-    include = str(resources.files("grpc_tools") / "_proto")
-    bindir = Path(sys.executable).parent  # mypy-protobuf's plugins sit beside python
     with tempfile.TemporaryDirectory() as tmp:
-        args = [
-            "grpc_tools.protoc",
-            f"-I{PROTO_ROOT}",
-            f"-I{include}",
-            f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
-            f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
-            f"--python_out={tmp}",
-            f"--grpc_python_out={tmp}",
-            f"--mypy_out={tmp}",
-            f"--mypy_grpc_out={tmp}",
-            *protos,
-        ]
-        if protoc.main(args) != 0:
-            raise RuntimeError("protoc failed")
+        run_protoc(protos, Path(tmp))
         output.mkdir(parents=True, exist_ok=True)
         written = []
         for source in sorted((Path(tmp) / "containerd").rglob("*")):
