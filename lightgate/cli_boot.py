@@ -33,7 +33,9 @@ if TYPE_CHECKING:  # the modules load lazily so `attest --help` stays fast
     from verifier.golden.values import GoldenValues
 
 eventlog_app = typer.Typer(no_args_is_help=True, help="UEFI measured-boot event logs, offline.")
-golden_app = typer.Typer(no_args_is_help=True, help="Golden values for boot claims.")
+golden_app = typer.Typer(
+    no_args_is_help=True, help="Golden values for boot claims and container images."
+)
 
 LogArgument = Annotated[Path, typer.Argument(help="Event log (binary_bios_measurements).")]
 CORIM_TAG_BYTE = 0xD2  # CBOR tag 18 (COSE_Sign1): what a signed CoRIM starts with
@@ -259,6 +261,56 @@ def _node_claims(node: str, config: Path | None) -> tuple[BootClaims, str]:
     )
     received = evidence.received_at.isoformat()
     return claims_of(verified), f"node:{node} evidence {evidence.evidence_id} ({received})"
+
+
+@golden_app.command("images")
+def golden_images(
+    name: Annotated[str, typer.Option(help="Name of the allow-list document.")],
+    image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--image",
+            help="REFERENCE@sha256:DIGEST: allow that manifest under the reference's "
+            "repository (repeatable).",
+        ),
+    ] = None,
+    digest: Annotated[
+        list[str] | None,
+        typer.Option("--digest", help="sha256:DIGEST allowed under any name (repeatable)."),
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here.")] = None,
+    author: Annotated[str | None, typer.Option(help="Who vouches for them.")] = None,
+    valid_days: Annotated[
+        float | None, typer.Option(min=0, help="Days the values stay valid (default: no end).")
+    ] = None,
+) -> None:
+    """A container-image allow-list, as a golden-values document to import.
+
+    Nodes that start a container from an image it does not allow are not affirming
+    (check `images`).  The allow-list in force is the union of every imported
+    document's image entries; the entries can also be added to a boot's document."""
+    from verifier.golden.images import allow_list_document
+    from verifier.golden.values import GoldenValuesInvalid, to_yaml
+
+    created = datetime.now(UTC).replace(microsecond=0)
+    provenance = {
+        "source": "attest golden images",
+        "created": created.isoformat(),
+        "author": author or f"{getpass.getuser()}@{socket.gethostname()}",
+        "tool": "attest golden images",
+    }
+    if valid_days is not None:
+        provenance["valid-until"] = (created + timedelta(days=valid_days)).isoformat()
+    try:
+        golden = allow_list_document(name, image or [], digest or [], provenance)
+    except GoldenValuesInvalid as exc:
+        fail(exc.message)
+    document = to_yaml(golden)
+    if output is None:
+        out.print(document, end="", highlight=False, markup=False, soft_wrap=True)
+        return
+    output.write_text(document)
+    out.print(f"wrote {output}", highlight=False, soft_wrap=True)
 
 
 @golden_app.command("export")

@@ -38,6 +38,7 @@ from verifier.evidence.measured_boot import DEFAULT_LOG_PCRS, verify_event_log
 from verifier.evidence.quote import PcrValues
 from verifier.evidence.runtime_log import VerifiedRuntimeLog
 from verifier.evidence.tpm_structures import HashAlg
+from verifier.golden.images import ImageAllowList, ImageVerdict
 from verifier.golden.values import GoldenOutcome, GoldenValues, appraise
 from verifier.policy.errors import PolicyError
 from verifier.policy.memo import MemoisedEngine
@@ -193,6 +194,13 @@ class BootAppraiser:
                 f"every golden-values document has expired: {names}", node_id=node_id
             )
             failures = (expired,)
+        elif outcome.closest is None:
+            failures = (
+                GoldenValuesMissing(
+                    "no golden values for boots are in force (only image allow-lists)",
+                    node_id=node_id,
+                ),
+            )
         elif outcome.matched is None:
             deviations = "; ".join(d.describe() for d in outcome.deviations)
             failures = (
@@ -208,7 +216,7 @@ class BootAppraiser:
             claims,
             outcome.matched,
             outcome=outcome,
-            active=tuple(g.name for g in active),
+            active=tuple(g.name for g in active if g.judges_boot),
             expired=tuple(g.name for g in golden if g.expired(moment)),
             claims_json=cached.json,
             claims_key=cached.identity,
@@ -345,14 +353,20 @@ def refused_evidence(failures: Sequence[Refusal], policy_id: str | None = None) 
     )
 
 
+NO_ALLOW_LIST: Final = ImageAllowList()
+
+
 def policy_input(
     node: NodeFacts,
     boot: BootAppraisal,
     runtime: VerifiedRuntimeLog,
     location: Mapping[str, object],
     banks: Sequence[str],
+    images: Sequence[ImageVerdict] = (),
+    allowed: ImageAllowList = NO_ALLOW_LIST,
 ) -> dict[str, object]:
-    """The policy's `input` without `claims` (policies/README.md)."""
+    """The policy's `input` without `claims` (policies/README.md).  `images` are the
+    verdicts on the images the runtime log measured, against `allowed`."""
     outcome = boot.outcome
     return {
         "node": {
@@ -384,6 +398,10 @@ def policy_input(
             else [{"claim": d.claim, "text": d.describe()} for d in outcome.deviations],
         },
         "location": dict(location),
+        "images": {
+            "allow_lists": list(allowed.documents),
+            "measured": [verdict.to_json() for verdict in images],
+        },
     }
 
 
@@ -403,6 +421,7 @@ def decide(
         json.dumps(partial_input, sort_keys=True, separators=(",", ":")).encode() + boot.claims_key
     ).digest()
     full = partial_input | {"claims": boot.claims_json or {}}
+    claims = recorded_claims(boot, partial_input)
     try:
         decision = engine.evaluate(full, digest)
     except PolicyError as failure:
@@ -415,7 +434,7 @@ def decide(
             reason=failure.reason,
             findings=boot.findings,
             workarounds=boot.workarounds,
-            claims=boot.claims_json,
+            claims=claims,
             policy_id=engine.policy_id,
             appraisal_input=partial_input,
             site=site,
@@ -429,11 +448,23 @@ def decide(
         reason="; ".join(lines) or None,
         findings=boot.findings,
         workarounds=boot.workarounds,
-        claims=boot.claims_json,
+        claims=claims,
         policy_id=decision.policy_id,
         appraisal_input=partial_input,
         site=site,
     )
+
+
+def recorded_claims(
+    boot: BootAppraisal, partial_input: Mapping[str, object]
+) -> dict[str, object] | None:
+    """The claims a result keeps: the boot claims, and under `images` the images the
+    runtime log measured with their verdicts (when it measured any)."""
+    images = partial_input.get("images")
+    measured = images.get("measured") if isinstance(images, Mapping) else None
+    if not measured:
+        return boot.claims_json
+    return {**(boot.claims_json or {}), "images": measured}
 
 
 def revoked_by_operator(appraisal: Appraisal, why: str) -> Appraisal:

@@ -36,6 +36,8 @@ from verifier.evidence.errors import EvidenceError
 from verifier.evidence.quote import PcrValues, VerifiedQuote
 from verifier.evidence.runtime_log import VerifiedRuntimeLog, verify_runtime_log
 from verifier.evidence.tpm_structures import HashAlg
+from verifier.golden.images import ImageAllowList, ImageVerdict, allow_list, appraise_images
+from verifier.golden.values import GoldenValues
 from verifier.keyring import KeyRing
 from verifier.location import (
     AssetTag,
@@ -79,6 +81,12 @@ class EvidenceAppraiser:
         self._runtime_logs: BoundedCache[
             tuple[bytes, tuple[tuple[HashAlg, bytes | None], ...]], RuntimeVerdict
         ] = BoundedCache(boot.replay_cache_entries, boot.replay_cache_bytes)
+        self._allow_lists: BoundedCache[tuple[tuple[str, bytes], ...], ImageAllowList] = (
+            BoundedCache(16, 16)
+        )
+        self._image_verdicts: BoundedCache[
+            tuple[bytes, int], tuple[ImageAllowList, tuple[ImageVerdict, ...]]
+        ] = BoundedCache(boot.replay_cache_entries, boot.replay_cache_bytes)
         location = config.location
         self._sites = SiteTable.from_rules(location.sites)
         self._proxies = parse_networks(location.trusted_proxies)
@@ -89,6 +97,8 @@ class EvidenceAppraiser:
         self._boot.clear()
         self._tags.clear()
         self._runtime_logs.clear()
+        self._allow_lists.clear()
+        self._image_verdicts.clear()
         self._references.policy.clear()
 
     def refuse(
@@ -134,7 +144,11 @@ class EvidenceAppraiser:
         )
         location = self._location(node.node_id, runtime, record.peer, metadata, references)
         banks = [bank.bank_name for bank in verified.pcr_values.banks]
-        partial = policy_input(facts, boot, runtime, location, banks)
+        allowed = self._allow_list(
+            tuple(g for g in references.golden if not g.expired(record.received_at))
+        )
+        images = self._images(runtime, allowed)
+        partial = policy_input(facts, boot, runtime, location, banks, images, allowed)
         appraisal = decide(references.policy, partial, boot, location_site(location))
         if node.trust_state == TRUST_REVOKED:
             appraisal = revoked_by_operator(appraisal, node.trust_reason or "")
@@ -142,6 +156,30 @@ class EvidenceAppraiser:
         if appraisal.status == AFFIRMING:
             return replace(signed, clock=verified.clock_info, rebooted=verified.rebooted)
         return signed
+
+    def _allow_list(self, documents: tuple[GoldenValues, ...]) -> ImageAllowList:
+        """The image allow-list of the documents in force, kept by their digests."""
+        key = tuple((g.name, g.digest) for g in documents)
+        known = self._allow_lists.get(key)
+        if known is None:
+            known = allow_list(documents)
+            self._allow_lists.put(key, known, 1)
+        return known
+
+    def _images(
+        self, runtime: VerifiedRuntimeLog, allowed: ImageAllowList
+    ) -> tuple[ImageVerdict, ...]:
+        """Verdicts on the measured images, kept by the log and the allow-list (a node
+        sends the same log until it starts a container from a new image)."""
+        if not runtime.images:
+            return ()
+        key = (runtime.sha256 or b"", id(allowed))
+        known = self._image_verdicts.get(key)
+        if known is None or known[0] is not allowed:
+            verdicts = appraise_images(runtime.images, allowed)
+            known = (allowed, verdicts)
+            self._image_verdicts.put(key, known, len(runtime.images))
+        return known[1]
 
     def _location(
         self,

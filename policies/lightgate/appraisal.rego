@@ -44,6 +44,7 @@ settings_complete if {
 	is_number(settings.location.unobserved)
 	is_object(settings.workload.requirements)
 	is_number(settings.workload.refused)
+	is_number(settings.images.unrecognized)
 }
 
 # --- the vector ------------------------------------------------------------------------
@@ -224,6 +225,27 @@ outcomes contains {
 	settings.require_secure_boot
 	not is_boolean(secure_boot)
 }
+
+# --- container images ------------------------------------------------------------------
+# Every image a container on the node started from this boot is measured into the
+# runtime PCR; the verifier judges each against the allow-list in the golden values.
+# One not on it (or with no digest, or with no allow-list at all) is an unrecognised
+# run-time executable (AR4SI executables 32): the node is not affirming, and the reason
+# names the image.  Once run, an image stays in the log until the node reboots.
+
+outcomes contains {
+	"check": "images",
+	"claim": "executables",
+	"value": settings.images.unrecognized,
+	"reason": sprintf("images: %s", [image_refusal(image)]),
+} if {
+	some image in object.get(input, ["images", "measured"], [])
+	not image.allowed == true
+}
+
+image_refusal(image) := image.reason if {
+	is_string(image.reason)
+} else := sprintf("%v@%v is not allowed", [object.get(image, "name", "?"), object.get(image, "digest", "?")])
 
 # --- location --------------------------------------------------------------------------
 

@@ -277,3 +277,58 @@ test_an_ek_pinned_by_an_operator_is_genuine_hardware if {
 	r.trust_vector.hardware == 2
 	not "hardware" in r.failed_checks
 }
+
+# --- container images ------------------------------------------------------------------
+
+allowed_image := {
+	"name": "registry.example/web:1.4", "runtime": "containerd", "allowed": true, "reason": null,
+	"digest": "sha256:abababababababababababababababababababababababababababababababab",
+}
+
+unknown_image := {
+	"name": "registry.example/miner:latest", "runtime": "containerd", "allowed": false,
+	"digest": "sha256:cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd",
+	"reason": "registry.example/miner:latest@sha256:cdcd…: not on the image allow-list (prod)",
+}
+
+test_allowed_images_keep_the_node_affirming if {
+	node := node_with({"images": {"allow_lists": ["prod"], "measured": [allowed_image]}})
+	r := appraisal.result with input as node
+	r.status == "affirming"
+	r.failed_checks == []
+}
+
+test_an_unknown_image_makes_the_node_a_warning_naming_it if {
+	node := node_with({"images": {"allow_lists": ["prod"], "measured": [allowed_image, unknown_image]}})
+	r := appraisal.result with input as node
+	r.status == "warning"
+	r.failed_checks == ["images"]
+	r.trust_vector.executables == 32
+	r.reasons.executables == [sprintf("images: %s", [unknown_image.reason])]
+}
+
+test_an_image_not_allowed_without_a_reason_is_still_refused if {
+	image := object.remove(unknown_image, ["reason"])
+	node := node_with({"images": {"allow_lists": [], "measured": [image]}})
+	r := appraisal.result with input as node
+	r.status == "warning"
+	contains(r.reasons.executables[0], "registry.example/miner:latest")
+}
+
+test_an_image_without_a_verdict_is_refused if {
+	image := object.remove(allowed_image, ["allowed"])
+	node := node_with({"images": {"allow_lists": ["prod"], "measured": [image]}})
+	r := appraisal.result with input as node
+	r.failed_checks == ["images"]
+}
+
+test_unknown_image_weight_comes_from_the_data if {
+	node := node_with({"images": {"allow_lists": ["prod"], "measured": [unknown_image]}})
+	r := appraisal.result with input as node with data.lightgate.config.images.unrecognized as 96
+	r.status == "contraindicated"
+}
+
+test_no_images_setting_means_no_decision if {
+	settings := object.remove(data.lightgate.config, ["images"])
+	not appraisal.result with data.lightgate.config as settings with input as good_node
+}

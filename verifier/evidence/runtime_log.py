@@ -13,7 +13,8 @@ little-endian like every integer of the log (PFP 10.2), and each digest is H_ban
 data), the whole structure: the TPM extended exactly these bytes' hash, so the data is
 bound to what the quote proves.  Lightgate's taggedEventIDs are "LG" (0x4C47) then a
 number: 0x4C470001 is an asset tag (the data is the verifier-signed tag, a compact JWS
-in ASCII), 0x4C470002 a container image.
+in ASCII), 0x4C470002 a container image (`evidence.images`: canonical JSON naming the
+image, its manifest digest and the runtime it was read from).
 
 `verify_runtime_log` is the only way to a `VerifiedRuntimeLog`.  It refuses, each with
 its own check: a log that does not parse or holds anything else (`runtime-log`), an
@@ -50,6 +51,7 @@ from verifier.evidence.eventlog import (
     replay,
 )
 from verifier.evidence.eventlog_encode import EventRecord, encode_crypto_agile
+from verifier.evidence.images import ImageEventInvalid, ImageRecord, parse_image_event
 from verifier.evidence.tpm_structures import HashAlg
 
 TAGGED_EVENT_ASSET_TAG: Final = 0x4C470001
@@ -97,6 +99,8 @@ class VerifiedRuntimeLog:
     events: tuple[TaggedEvent, ...]
     banks: tuple[HashAlg, ...]  # the quoted banks the replay was compared in
     sha256: bytes | None  # of the raw log; None when there was none
+    #: The images measured this boot, in the order measured (parsed once, when verified).
+    images: tuple[ImageRecord, ...] = ()
 
     @property
     def asset_tags(self) -> tuple[str, ...]:
@@ -109,10 +113,6 @@ class VerifiedRuntimeLog:
         tags = self.asset_tags
         return tags[-1] if tags else None
 
-    @property
-    def images(self) -> tuple[bytes, ...]:
-        return tuple(e.data for e in self.events if e.tag_id == TAGGED_EVENT_IMAGE)
-
 
 def tagged_event_data(tag_id: int, data: bytes) -> bytes:
     """A TCG_PCClientTaggedEvent (PFP 10.2.6) around `data`."""
@@ -123,7 +123,8 @@ def tagged_event_data(tag_id: int, data: bytes) -> bytes:
 
 def parse_tagged_event_data(event: Event) -> TaggedEvent:
     """The TCG_PCClientTaggedEvent of one EV_EVENT_TAG record; its size must account for
-    every byte of the event data, and the ID must be one Lightgate defines."""
+    every byte of the event data, and the ID must be one Lightgate defines.  An image
+    event's data is read by `parse_image_data`."""
     raw = event.data
     if len(raw) < TAGGED_EVENT_HEAD.size:
         raise RuntimeLogMalformed(
@@ -146,6 +147,14 @@ def parse_tagged_event_data(event: Event) -> TaggedEvent:
             event.offset, event.number, "an asset tag must be a compact JWS in printable ASCII"
         )
     return TaggedEvent(event.pcr, tag_id, data)
+
+
+def parse_image_data(event: Event, tagged: TaggedEvent) -> ImageRecord:
+    """The image record an image event holds (`evidence.images`), or RuntimeLogMalformed."""
+    try:
+        return parse_image_event(tagged.data)
+    except ImageEventInvalid as exc:
+        raise RuntimeLogMalformed(event.offset, event.number, str(exc)) from None
 
 
 def encode_runtime_log(records: Iterable[TaggedEvent], banks: Sequence[HashAlg]) -> bytes:
@@ -201,13 +210,17 @@ def verify_runtime_log(
             f"the runtime log has digests for {have} only",
             node_id=node_id,
         )
-    events = tuple(_checked_event(event, log, runtime_pcr, node_id) for event in log.events[1:])
+    checked = [_checked_event(event, log, runtime_pcr, node_id) for event in log.events[1:]]
+    events = tuple(tagged for tagged, _ in checked)
+    images = tuple(image for _, image in checked if image is not None)
     replayed = replay(log).pcrs
     values = {
         bank: replayed.get(bank, {}).get(runtime_pcr, bytes(bank.digest_size)) for bank in banks
     }
     _compare(runtime_pcr, values, quoted, node_id)
-    return VerifiedRuntimeLog(runtime_pcr, True, events, banks, hashlib.sha256(raw).digest())
+    return VerifiedRuntimeLog(
+        runtime_pcr, True, events, banks, hashlib.sha256(raw).digest(), images
+    )
 
 
 def _parse(raw: bytes, max_bytes: int, node_id: str | None) -> EventLog:
@@ -223,7 +236,9 @@ def _parse(raw: bytes, max_bytes: int, node_id: str | None) -> EventLog:
     return log
 
 
-def _checked_event(event: Event, log: EventLog, pcr: int, node_id: str | None) -> TaggedEvent:
+def _checked_event(
+    event: Event, log: EventLog, pcr: int, node_id: str | None
+) -> tuple[TaggedEvent, ImageRecord | None]:
     where = (event.offset, event.number)
     if event.event_type != EventType.EV_EVENT_TAG:
         raise RuntimeLogMalformed(
@@ -237,6 +252,7 @@ def _checked_event(event: Event, log: EventLog, pcr: int, node_id: str | None) -
         )
     try:
         tagged = parse_tagged_event_data(event)
+        image = parse_image_data(event, tagged) if tagged.tag_id == TAGGED_EVENT_IMAGE else None
     except RuntimeLogMalformed as exc:
         raise RuntimeLogMalformed(exc.offset, exc.event, exc.detail, node_id=node_id) from None
     for alg, digest in event.digests:
@@ -249,7 +265,7 @@ def _checked_event(event: Event, log: EventLog, pcr: int, node_id: str | None) -
                 f"not the hash of its event data ({bank.digest(event.data).hex()})",
                 node_id=node_id,
             )
-    return tagged
+    return tagged, image
 
 
 def _compare(

@@ -19,7 +19,17 @@ line to stop caring); a named claim the log does not make is a deviation (closed
 node matches a set of documents when one document has no deviation; otherwise the
 deviations of the closest document are reported, each by claim name.  A document past
 its `valid-until` (ISO 8601, in the provenance so that it travels inside a signed CoRIM)
-is not used: an expired reference value vouches for nothing.  Pure: no I/O.
+is not used: an expired reference value vouches for nothing.
+
+Names under `images.` are not boot claims but the container-image allow-list
+(`verifier.golden.images`), kept in the same documents so that they import, export (as
+CoRIM), expire and diff the same way:
+
+      images.allowed: ["sha256:…"]                          # these manifests, any name
+      images.repository.docker.io/library/busybox: ["sha256:…"]   # this repository: these
+
+Boot comparison ignores them, and a document that names only images matches no boot.
+Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -36,10 +46,15 @@ import yaml
 from lightgate.errors import Refusal
 from verifier.evidence.claim_names import ClaimValue, flatten
 from verifier.evidence.claim_types import BootClaims
+from verifier.evidence.images import DIGEST, repository_of
 
 KIND: Final = "lightgate/golden-values"
 VALID_UNTIL: Final = "valid-until"
 VERSION: Final = 1
+#: Reference names of the image allow-list (`verifier.golden.images`).
+IMAGES_PREFIX: Final = "images."
+IMAGES_ALLOWED: Final = "images.allowed"
+IMAGES_REPOSITORY: Final = "images.repository."
 
 
 class GoldenValuesInvalid(Refusal):
@@ -86,6 +101,11 @@ class GoldenValues:
         until = self.valid_until
         moment = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
         return until is not None and moment >= until
+
+    @property
+    def judges_boot(self) -> bool:
+        """Names at least one boot claim (not only images)."""
+        return any(not is_image_name(claim) for claim in self.reference)
 
     @property
     def digest(self) -> bytes:
@@ -153,6 +173,8 @@ def compare(claims: Mapping[str, ClaimValue], golden: GoldenValues) -> tuple[Dev
     """Every claim the golden values name whose value is not an allowed alternative."""
     deviations = []
     for claim, allowed in sorted(golden.reference.items()):
+        if is_image_name(claim):
+            continue  # the image allow-list is appraised on its own (golden.images)
         actual = claims.get(claim)
         if actual is None or actual not in allowed:
             deviations.append(Deviation(claim, actual, allowed))
@@ -160,7 +182,9 @@ def compare(claims: Mapping[str, ClaimValue], golden: GoldenValues) -> tuple[Dev
 
 
 def appraise(claims: BootClaims, documents: Sequence[GoldenValues]) -> GoldenOutcome:
-    """Match `claims` against the documents; closed: no document, no match."""
+    """Match `claims` against the documents that judge boots; closed: no document, no
+    match."""
+    documents = [g for g in documents if g.judges_boot]
     if not documents:
         return GoldenOutcome(None, None, ())
     flat = flatten(claims)
@@ -226,12 +250,36 @@ def from_document(document: object) -> GoldenValues:
     reference = document.get("reference")
     if not isinstance(reference, dict) or not reference:
         raise GoldenValuesInvalid("reference must be a non-empty mapping of claim names")
-    golden = GoldenValues(
-        name,
-        {str(claim): _alternatives(str(claim), values) for claim, values in reference.items()},
-        {str(k): str(v) for k, v in provenance.items()},
-    )
-    return golden
+    checked = {}
+    for claim, values in reference.items():
+        alternatives = _alternatives(str(claim), values)
+        if is_image_name(str(claim)):
+            _check_image_entry(str(claim), alternatives)
+        checked[str(claim)] = alternatives
+    return GoldenValues(name, checked, {str(k): str(v) for k, v in provenance.items()})
+
+
+def is_image_name(claim: str) -> bool:
+    return claim.startswith(IMAGES_PREFIX)
+
+
+def _check_image_entry(claim: str, alternatives: tuple[ClaimValue, ...]) -> None:
+    """An allow-list entry: `images.allowed` or `images.repository.<normalised
+    repository>`, each listing manifest digests."""
+    if claim != IMAGES_ALLOWED:
+        repository = claim.removeprefix(IMAGES_REPOSITORY)
+        if not claim.startswith(IMAGES_REPOSITORY) or not repository:
+            raise GoldenValuesInvalid(
+                f"{claim}: image entries are {IMAGES_ALLOWED} or {IMAGES_REPOSITORY}<repository>"
+            )
+        if repository_of(repository) != repository or "@" in repository:
+            raise GoldenValuesInvalid(
+                f"{claim}: write the repository as {repository_of(repository)!r} (normalised, "
+                "without tag or digest)"
+            )
+    for value in alternatives:
+        if not isinstance(value, str) or not DIGEST.fullmatch(value):
+            raise GoldenValuesInvalid(f"{claim}: {value!r} is not a sha256:<64 hex> digest")
 
 
 def _instant(text: str) -> datetime:

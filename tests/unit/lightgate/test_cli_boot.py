@@ -184,3 +184,44 @@ def test_corim_signed_by_another_key_is_refused(
     assert code == 1 and err.startswith("error: corim-signature")
     code, out, _ = run(capsys, "golden", "list", "-c", str(config), "--json")
     assert json.loads(out)["golden_values"] == []  # nothing was accepted
+
+
+def test_golden_images_writes_an_allow_list_the_verifier_imports(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from verifier.evidence.images import ImageRecord
+    from verifier.golden.images import allow_list, judge_image
+    from verifier.golden.values import from_yaml
+
+    web = "sha256:" + "a1" * 32
+    base = "sha256:" + "b0" * 32
+    target = tmp_path / "prod-images.yaml"
+    code, out, _ = run(
+        capsys,
+        "golden", "images", "--name", "prod-images",
+        "--image", f"busybox:1.36@{web}", "--digest", base, "-o", str(target),
+    )  # fmt: skip
+    assert (code, out) == (0, f"wrote {target}\n")
+    allowed = allow_list([from_yaml(target.read_text())])
+    assert judge_image(
+        ImageRecord("docker.io/library/busybox:latest", web, "docker"), allowed
+    ).allowed
+    assert judge_image(ImageRecord("other.example/x:1", base, "podman"), allowed).allowed
+    assert not judge_image(ImageRecord("other.example/x:1", web, "podman"), allowed).allowed
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--image", "busybox"],
+        ["--image", "busybox@sha256:abc"],
+        ["--digest", "sha1:" + "a" * 40],
+        [],
+    ],
+)
+def test_golden_images_refuses_what_is_not_an_image_with_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    code, _, err = run(capsys, "golden", "images", "--name", "x", *argv)
+    assert code == 1
+    assert err.startswith("error: ") and err.count("\n") == 1

@@ -4,6 +4,7 @@ that folder is absent)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,17 @@ from verifier.appraisal import (
 from verifier.evidence.claims import claims_of
 from verifier.evidence.errors import EvidenceError
 from verifier.evidence.eventlog import parse_event_log, replay
+from verifier.evidence.images import ImageRecord, encode_image_event
 from verifier.evidence.measured_boot import DEFAULT_LOG_PCRS, verify_event_log
 from verifier.evidence.quote import PcrValues
-from verifier.evidence.runtime_log import verify_runtime_log
+from verifier.evidence.runtime_log import (
+    TAGGED_EVENT_IMAGE,
+    TaggedEvent,
+    encode_runtime_log,
+    expected_pcr,
+    verify_runtime_log,
+)
+from verifier.golden.images import allow_list, appraise_images
 from verifier.golden.values import GoldenValues, learn
 from verifier.location import AssetTag, ObservedLocation, Site, location_input
 from verifier.policy import EmbeddedEngine, MemoisedEngine, default_policy_dir, load_bundle
@@ -63,16 +72,28 @@ def _appraise(
     raw: bytes,
     golden: list[GoldenValues],
     location: dict[str, object] | None = None,
+    images: Sequence[ImageRecord] = (),
 ) -> Appraisal:
     quoted = _quoted(raw)
+    runtime_log = b""
+    if images:  # what an agent that started these containers measured
+        events = [
+            TaggedEvent(RUNTIME_PCR, TAGGED_EVENT_IMAGE, encode_image_event(i)) for i in images
+        ]
+        runtime_log = encode_runtime_log(events, list(quoted.banks))
+        for bank, values in quoted.banks.items():
+            values[RUNTIME_PCR] = expected_pcr(events, bank)
     boot = BootAppraiser().appraise("n", raw, quoted, golden)
     if boot.integrity_failures:
         return refused_evidence(boot.integrity_failures)
-    runtime = verify_runtime_log(b"", quoted.banks, RUNTIME_PCR)
+    runtime = verify_runtime_log(runtime_log, quoted.banks, RUNTIME_PCR)
     facts = NodeFacts("n", "ek-chain", ek_chain_verified=True, ek_pinned=False, rebooted=False)
     where = location or location_input(None, None, None, ObservedLocation(None, None))
     banks = [bank.bank_name for bank in quoted.banks]
-    return decide(engine, policy_input(facts, boot, runtime, where, banks), boot, None)
+    allowed = allow_list(golden)
+    verdicts = appraise_images(runtime.images, allowed)
+    partial = policy_input(facts, boot, runtime, where, banks, verdicts, allowed)
+    return decide(engine, partial, boot, None)
 
 
 def test_the_golden_boot_is_affirming(engine: MemoisedEngine) -> None:
@@ -178,3 +199,49 @@ def _parses(raw: bytes) -> bool:
     except EvidenceError:
         return False
     return True
+
+
+# --- container images ------------------------------------------------------------------
+
+WEB = ImageRecord("registry.example/team/web:1.4", "sha256:" + "a1" * 32, "containerd")
+MINER = ImageRecord("registry.example/miner:latest", "sha256:" + "cc" * 32, "containerd")
+
+
+def _allowing_web() -> GoldenValues:
+    entry = "images.repository.registry.example/team/web"
+    return GoldenValues("good+web", {**golden_from_fixture().reference, entry: (WEB.digest or "",)})
+
+
+def test_allowed_images_keep_the_node_affirming_and_are_recorded(engine: MemoisedEngine) -> None:
+    result = _appraise(engine, fixture_path("good").read_bytes(), [_allowing_web()], images=[WEB])
+    assert (result.status, result.failed_checks) == ("affirming", ())
+    assert result.claims is not None
+    assert result.claims["images"] == [{**WEB.to_json(), "allowed": True, "reason": None}]
+
+
+def test_an_unknown_image_makes_the_node_not_affirming_naming_it(engine: MemoisedEngine) -> None:
+    result = _appraise(
+        engine, fixture_path("good").read_bytes(), [_allowing_web()], images=[WEB, MINER]
+    )
+    assert result.status == "warning"
+    assert result.failed_checks == ("images",)
+    assert result.trust_vector["executables"] == 32
+    assert result.reason is not None
+    assert "registry.example/miner:latest@sha256:cccc" in result.reason
+    assert "team/web" not in result.reason  # the allowed image is not blamed
+
+
+def test_images_with_no_allow_list_are_not_affirming(engine: MemoisedEngine) -> None:
+    result = _appraise(
+        engine, fixture_path("good").read_bytes(), [golden_from_fixture()], images=[WEB]
+    )
+    assert result.failed_checks == ("images",)
+    assert "no golden values list allowed images" in (result.reason or "")
+
+
+def test_an_images_only_document_does_not_vouch_for_the_boot(engine: MemoisedEngine) -> None:
+    images_only = GoldenValues("prod-images", {"images.allowed": (WEB.digest or "",)})
+    result = _appraise(engine, fixture_path("good").read_bytes(), [images_only], images=[WEB])
+    assert result.status == "contraindicated"
+    assert result.failed_checks == ("golden-values",)
+    assert result.reason == "golden-values: no golden values apply to this node"

@@ -25,6 +25,7 @@ from verifier.evidence.errors import (
 )
 from verifier.evidence.event_types import EventType
 from verifier.evidence.eventlog_encode import EventRecord, encode_crypto_agile, encode_legacy
+from verifier.evidence.images import ImageRecord, encode_image_event
 from verifier.evidence.runtime_log import (
     TAGGED_EVENT_ASSET_TAG,
     TAGGED_EVENT_IMAGE,
@@ -58,15 +59,22 @@ def test_tagged_event_data_is_the_pfp_structure_little_endian() -> None:
     assert tagged_event_data(0x4C470001, b"abc") == b"\x01\x00\x47\x4c\x03\x00\x00\x00abc"
 
 
+WEB = ImageRecord("registry.example/web:1.4", "sha256:" + "ab" * 32, "containerd")
+
+
+def image(record: ImageRecord) -> TaggedEvent:
+    return TaggedEvent(PCR, TAGGED_EVENT_IMAGE, encode_image_event(record))
+
+
 def test_round_trip_returns_events_and_the_current_tag() -> None:
-    events = [tag(TAG_1), TaggedEvent(PCR, TAGGED_EVENT_IMAGE, b"sha256:ab"), tag(TAG_2)]
+    events = [tag(TAG_1), image(WEB), tag(TAG_2)]
     raw = encode_runtime_log(events, (SHA256,))
     verified = verify_runtime_log(raw, quoted_after(events, (SHA256,)), PCR, node_id="n1")
     assert verified.present
     assert verified.events == tuple(events)
     assert verified.asset_tags == (TAG_1, TAG_2)
     assert verified.current_asset_tag == TAG_2
-    assert verified.images == (b"sha256:ab",)
+    assert verified.images == (WEB,)
     assert verified.banks == (SHA256,)
 
 
@@ -244,3 +252,41 @@ def test_arbitrary_bytes_raise_only_runtime_log_errors(raw: bytes) -> None:
     )
     with contextlib.suppress(*refusals):
         verify_runtime_log(raw, quoted_after([], (SHA256,)), PCR)
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"sha256:ab", "not UTF-8 JSON"),
+        (b'{"digest":null,"name":"x"}', "exactly"),
+        (b'{"digest":"sha256:ab","name":"x","runtime":"containerd"}', "sha256:<64 hex"),
+        (b'{"digest":null,"name":"x","runtime":"cri-o"}', "runtime"),
+        (b'{"name":"x","digest":null,"runtime":"docker"}', "canonical"),
+        (b'{"digest":null,"name":7,"runtime":"docker"}', "strings"),
+    ],
+)
+def test_an_image_event_that_is_not_the_canonical_record_is_refused(data: bytes, why: str) -> None:
+    # Canonical form matters: two encodings of one image would be two PCR extends, and
+    # a verifier that accepted loose JSON would read what the agent never measured.
+    events = [TaggedEvent(PCR, TAGGED_EVENT_IMAGE, data)]
+    raw = encode_runtime_log(events, (SHA256,))
+    with pytest.raises(RuntimeLogMalformed, match=why) as refused:
+        verify_runtime_log(raw, quoted_after(events, (SHA256,)), PCR, node_id="n1")
+    assert refused.value.check == "runtime-log"
+
+
+def test_an_image_hidden_from_the_log_fails_the_replay() -> None:
+    # The node ran a miner and sends a log without it: the PCR still holds its extend.
+    miner = ImageRecord("registry.example/miner:1", "sha256:" + "cd" * 32, "containerd")
+    measured = [image(WEB), image(miner)]
+    raw = encode_runtime_log(measured[:1], (SHA256,))
+    with pytest.raises(RuntimeLogReplayMismatch):
+        verify_runtime_log(raw, quoted_after(measured, (SHA256,)), PCR, node_id="n1")
+
+
+def test_an_image_swapped_in_the_log_fails_the_replay() -> None:
+    miner = ImageRecord("registry.example/miner:1", "sha256:" + "cd" * 32, "containerd")
+    disguised = ImageRecord("registry.example/web:1.4", "sha256:" + "ab" * 32, "containerd")
+    raw = encode_runtime_log([image(disguised)], (SHA256,))
+    with pytest.raises(RuntimeLogReplayMismatch):
+        verify_runtime_log(raw, quoted_after([image(miner)], (SHA256,)), PCR, node_id="n1")

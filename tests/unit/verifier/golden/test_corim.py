@@ -36,6 +36,7 @@ from verifier.golden.corim import (
     load_trusted_key,
 )
 from verifier.golden.cose import SigningKey, key_id_of
+from verifier.golden.images import allow_list_document
 from verifier.golden.values import GoldenValues
 
 P256 = ec.generate_private_key(ec.SECP256R1())
@@ -781,3 +782,18 @@ def test_untrusted_key_types_in_the_trust_list_are_skipped() -> None:
     trusted: list[object] = [RSA.public_key(), "not a key", P256.public_key()]
     corim = export_corim(GOLDEN, P256)
     assert import_corim(corim, trusted).to_document() == GOLDEN.to_document()  # type: ignore[arg-type]
+
+
+def test_an_image_allow_list_round_trips_as_digests() -> None:
+    images = allow_list_document(
+        "prod-images",
+        ["registry.example/web:1.4@sha256:" + "a1" * 32],
+        ["sha256:" + "b0" * 32],
+    )
+    corim = export_corim(images, P256)
+    imported = import_corim(corim, [P256.public_key()])
+    assert imported.to_document() == images.to_document()
+    # Each allowed image travels as a CoRIM digest measurement, not as text.
+    assert ("images.repository.registry.example/web", {2: [[1, bytes.fromhex("a1" * 32)]]}) in (
+        _triples(corim)
+    )
