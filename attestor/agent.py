@@ -30,6 +30,8 @@ from pathlib import Path
 import grpc
 
 from attestor.collect.boot_log import read_boot_log
+from attestor.collect.containers import ContainerRuntimeError
+from attestor.collect.images import images_started
 from attestor.collect.runtime_log import AssetTagUnusable, RuntimeLog, asset_tag_bytes
 from attestor.credentials import CredentialClient
 from attestor.source_address import SourceAddressRelay, split_host_port
@@ -214,6 +216,34 @@ class Agent:
             self.runtime_log.append_asset_tag(self.tpm, token)
             self._log_tag_measured(self.runtime_log, "verifier")
 
+    def measure_images(self) -> None:
+        """Read every configured container runtime and measure each image a container
+        started from that this boot's runtime log does not record yet.  A runtime that
+        cannot be read fails the round (ContainerRuntimeError): an attestation that
+        could not see the containers must not vouch for them."""
+        if not self.config.containers:
+            return
+        runtime = self.runtime_log
+        measured = runtime.measured_images()
+        fresh = [
+            record
+            for source in self.config.containers
+            for record in images_started(source, measured, self.config.container_timeout_seconds)
+        ]
+        for record in fresh:
+            runtime.append_image(self.tpm, record)
+        if fresh:
+            log.info(
+                "images measured",
+                extra={
+                    "fields": {
+                        "runtime_pcr": runtime.pcr,
+                        "images": [record.describe() for record in fresh],
+                        "records": len(runtime.events),
+                    }
+                },
+            )
+
     def _log_tag_measured(self, runtime: RuntimeLog, source: str) -> None:
         fields = {
             "node": self.node_id,
@@ -287,8 +317,9 @@ class Agent:
         """Evidence for one challenge: a quote over its nonce and the PCRs it covers,
         the boot log and the runtime log."""
         selection = convert.selection_from_wire(list(challenge.pcr_selection))
-        # Measure a new tag before quoting, so this quote already proves it.
+        # Measure a new tag and new images before quoting, so this quote proves them.
         self.measure_asset_tag(challenge.asset_tag)
+        self.measure_images()
         # Read the logs before quoting: the quote must cover at least what they say.
         event_log = b"" if self.config.event_log is None else read_boot_log(self.config.event_log)
         runtime_log = self.runtime_log.encoded()
@@ -362,6 +393,11 @@ class Agent:
                 # The TPM may have been reset or may not have finished an extend: the
                 # runtime log is reconciled with the PCR again next round.
                 self._runtime_log = None
+            except ContainerRuntimeError as exc:
+                log.error(
+                    "container runtime unreadable; not attesting until it answers",
+                    extra={"fields": {"node": self.node_id, "detail": str(exc)}},
+                )
             except TpmStructureMalformed as exc:  # a challenge this agent cannot answer
                 log.error(
                     "verifier's challenge is malformed",

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from verifier.evidence.tpm_structures import HashAlg, PcrSelection
@@ -303,6 +303,21 @@ class VerifierConfig(_EnvFirst):
         return self.database_url or f"sqlite:///{self.state_dir / 'verifier.db'}"
 
 
+ContainerRuntime = Literal["containerd", "docker", "podman"]
+
+
+class ContainerSource(BaseModel):
+    """A container runtime whose containers' images the agent measures (its own API on
+    its Unix socket: containerd's gRPC API, or the Engine API of Docker or Podman)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runtime: ContainerRuntime
+    socket: Path
+    # containerd only: the namespace read (Kubernetes' CRI uses k8s.io, Docker moby).
+    namespace: str = "k8s.io"
+
+
 class AgentConfig(_EnvFirst):
     model_config = SettingsConfigDict(
         env_prefix="LIGHTGATE_AGENT_", env_nested_delimiter="__", extra="forbid"
@@ -331,6 +346,10 @@ class AgentConfig(_EnvFirst):
     # Keep a certificate for a TPM-bound key in the state directory (certificate.pem,
     # ca.pem), renewed at half its life while the node is affirming.
     certificate: bool = False
+    # Container runtimes to read before each quote: every image a container started
+    # from is measured into the runtime PCR once per boot.  None configured: no images.
+    containers: list[ContainerSource] = Field(default_factory=list)
+    container_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
 
 
 Settings = TypeVar("Settings", VerifierConfig, AgentConfig)

@@ -1,15 +1,20 @@
 """The containers containerd runs on this node, and the image digest each was made from.
 
 Read from containerd's own gRPC API on its Unix socket (proto/containerd/: Containers/List,
-Tasks/List, Images/Get), never by scraping `ctr` or `nerdctl` output, whose format is not an
-interface.  containerd scopes every object to a namespace, named per call in the gRPC
-metadata key `containerd-namespace`.
+Tasks/Get or Tasks/List, Images/List), never by scraping `ctr` or `nerdctl` output, whose
+format is not an interface.  containerd scopes every object to a namespace, named per
+call in the gRPC metadata key `containerd-namespace`.
 
 The digest reported is the target of the image record the container names, as containerd
 holds it when read: the manifest (or, for a multi-platform image, the index).  A container
 records only the image's name, so if that name has been re-pointed since the container was
 made, the digest is the new target's; closing that gap (e.g. from the snapshot chain) is
 left to a later slice.
+
+Cost: containerd answers Tasks/List by asking every container's shim for its state (about
+100 ms for 200 containers here), so `started_images`, the agent's per-round read, asks
+about tasks only for containers whose image the runtime log does not record yet: in the
+steady state a round is Containers/List and Images/List, whatever the container count.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import enum
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -34,12 +39,15 @@ from lightgate.wire.containerd import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
+from verifier.evidence.images import ImageRecord
 
 log = logging.getLogger("lightgate.agent")
 
 #: The gRPC metadata key containerd reads the namespace from (containerd/namespaces/grpc.go).
 NAMESPACE_METADATA_KEY: Final = "containerd-namespace"
 DEFAULT_TIMEOUT_SECONDS: Final = 5.0
+#: Up to this many containers to ask about, one Tasks/Get each; beyond, one Tasks/List.
+TASK_GETS_MAX: Final = 16
 #: OCI image-spec digests this agent reports; containerd's content store addresses by sha256.
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _NAMESPACE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
@@ -99,6 +107,12 @@ class RunningContainer:
     image_digest: str | None
     image_media_type: str | None
     task_status: TaskStatus
+    runtime: str = "containerd"  # the source read: containerd, docker or podman
+
+    @property
+    def started(self) -> bool:
+        """The container has (or had) a process: its image's content has been run."""
+        return self.task_status is not TaskStatus.NO_TASK
 
 
 # --- pure functions: containerd responses to records -------------------------------------
@@ -129,6 +143,16 @@ def image_target(image: images_pb2.Image | None) -> tuple[str, str] | None:
             f"image {image.name!r}: target digest {digest!r} is not sha256:<64 hex digits>"
         )
     return digest, image.target.media_type
+
+
+def image_targets(images: Iterable[images_pb2.Image]) -> dict[str, tuple[str, str]]:
+    """The (digest, media type) each image record of the namespace points at, by name."""
+    targets: dict[str, tuple[str, str]] = {}
+    for image in images:
+        target = image_target(image)
+        if target is not None:
+            targets[image.name] = target
+    return targets
 
 
 def running_container(
@@ -217,19 +241,29 @@ class ContainerdClient:
             raise self._failure("Tasks/List", exc) from exc
         return list(response.tasks)
 
-    def image(self, name: str) -> images_pb2.Image | None:
-        """The image record `name`, or None when containerd has none by that name."""
+    def task_status(self, container_id: str) -> TaskStatus:
+        """The status of one container's task (NO_TASK when it has none)."""
         try:
-            response = self._images.Get(
-                images_pb2.GetImageRequest(name=name),
+            response = self._tasks.Get(
+                tasks_pb2.GetRequest(container_id=container_id),
                 metadata=self._metadata,
                 timeout=self.timeout,
             )
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise self._failure(f"Images/Get {name!r}", exc) from exc
-        return response.image if response.HasField("image") else None
+                return TaskStatus.NO_TASK
+            raise self._failure(f"Tasks/Get {container_id!r}", exc) from exc
+        return _STATUS_BY_WIRE.get(response.process.status, TaskStatus.UNKNOWN)
+
+    def images(self) -> list[images_pb2.Image]:
+        """Every image record of the namespace (one call, however many are named)."""
+        try:
+            response = self._images.List(
+                images_pb2.ListImagesRequest(), metadata=self._metadata, timeout=self.timeout
+            )
+        except grpc.RpcError as exc:
+            raise self._failure("Images/List", exc) from exc
+        return list(response.images)
 
     def _failure(self, call: str, exc: grpc.RpcError) -> ContainerRuntimeError:
         code = exc.code()
@@ -253,9 +287,7 @@ def running_images(
     with ContainerdClient(socket_path, namespace, timeout) as client:
         containers = client.containers()
         statuses = task_statuses(client.tasks())
-        targets: dict[str, tuple[str, str] | None] = {}
-        for name in sorted({c.image for c in containers if c.image}):
-            targets[name] = image_target(client.image(name))
+        targets = image_targets(client.images())
     records = sorted(
         (running_container(c, targets.get(c.image), statuses) for c in containers),
         key=lambda record: record.container_id,
@@ -271,3 +303,39 @@ def running_images(
         },
     )
     return records
+
+
+def started_images(
+    socket_path: Path,
+    namespace: str,
+    measured: Collection[ImageRecord],
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+) -> list[ImageRecord]:
+    """The images of the namespace's started containers that `measured` lacks, sorted.
+
+    Only containers whose image record is new are asked about their task (Tasks/Get each,
+    or one Tasks/List when there are many): an image already measured this boot needs no
+    second look, and a created container with no task has run nothing yet.
+    """
+    with ContainerdClient(socket_path, namespace, timeout) as client:
+        containers = client.containers()
+        targets = image_targets(client.images())
+        fresh: dict[str, ImageRecord] = {}
+        for container in containers:
+            if not container.id:
+                raise ContainerRecordMalformed("containerd listed a container with no id")
+            digest = targets.get(container.image, (None, None))[0] if container.image else None
+            record = ImageRecord(container.image, digest, "containerd")
+            if record not in measured:
+                fresh[container.id] = record
+        if len(fresh) > TASK_GETS_MAX:
+            statuses = task_statuses(client.tasks())
+            started = {
+                cid
+                for cid in fresh
+                if statuses.get(cid, TaskStatus.NO_TASK) is not TaskStatus.NO_TASK
+            }
+        else:
+            started = {cid for cid in fresh if client.task_status(cid) is not TaskStatus.NO_TASK}
+    records = {fresh[cid] for cid in started}
+    return sorted(records, key=lambda r: (r.name, r.digest or ""))

@@ -31,11 +31,14 @@ from attestor.tpm import Tpm, TpmError
 from verifier.evidence.errors import EventLogMalformed, RuntimeLogMalformed
 from verifier.evidence.event_types import EventType
 from verifier.evidence.eventlog import REPLAYABLE_BANKS, Event, parse_event_log
+from verifier.evidence.images import ImageRecord, encode_image_event, parse_image_event
 from verifier.evidence.runtime_log import (
     TAGGED_EVENT_ASSET_TAG,
+    TAGGED_EVENT_IMAGE,
     TaggedEvent,
     encode_runtime_log,
     expected_pcr,
+    parse_image_data,
     parse_tagged_event_data,
 )
 from verifier.evidence.tpm_structures import HashAlg, PcrSelection
@@ -138,6 +141,17 @@ class RuntimeLog:
                 return event.data.decode("ascii")
         return None
 
+    def measured_images(self) -> set[ImageRecord]:
+        """The images this boot's log already records."""
+        return {
+            parse_image_event(event.data)
+            for event in self.events
+            if event.tag_id == TAGGED_EVENT_IMAGE
+        }
+
+    def append_image(self, tpm: Tpm, record: ImageRecord) -> None:
+        self.append(tpm, TAGGED_EVENT_IMAGE, encode_image_event(record))
+
     def append_asset_tag(self, tpm: Tpm, token: str) -> None:
         self.append(tpm, TAGGED_EVENT_ASSET_TAG, asset_tag_bytes(token))
 
@@ -162,7 +176,10 @@ def asset_tag_bytes(token: str) -> bytes:
 def _stored_event(event: Event) -> TaggedEvent:
     if event.event_type != EventType.EV_EVENT_TAG:
         raise RuntimeLogMalformed(event.offset, event.number, f"{event.type_name} stored")
-    return parse_tagged_event_data(event)
+    tagged = parse_tagged_event_data(event)
+    if tagged.tag_id == TAGGED_EVENT_IMAGE:
+        parse_image_data(event, tagged)  # measured_images() reads it later
+    return tagged
 
 
 def _runtime_banks(tpm: Tpm, pcr: int) -> list[HashAlg]:

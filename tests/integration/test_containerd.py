@@ -1,4 +1,4 @@
-"""attestor.collect.containers against a real containerd 1.6 (see containerd_fixture.py).
+"""attestor.collect.containers against a real containerd 1.6 (see lightgate/sim/containerd.py).
 
 Each test works in its own containerd namespace, so they share one daemon and one image
 build.  The expected digest comes from the OCI layout's index.json, not from containerd.
@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attestor.collect.containers import (
+    TASK_GETS_MAX,
     ContainerRecordMalformed,
     ContainerRuntimeApiFailed,
     ContainerRuntimeUnavailable,
@@ -26,6 +27,7 @@ from attestor.collect.containers import (
     TaskStatus,
     image_target,
     running_images,
+    started_images,
     task_statuses,
 )
 from lightgate.wire.containerd import containers_pb2_grpc, descriptor_pb2, images_pb2, task_pb2
@@ -37,6 +39,7 @@ from tests.integration.containerd_fixture import (
     missing_prerequisites,
     private_containerd,
 )
+from verifier.evidence.images import ImageRecord
 
 BASE_NAME = "lightgate.test/busybox"
 
@@ -108,6 +111,45 @@ def test_a_container_whose_image_was_deleted_has_no_digest(
     assert (record.container_id, record.image_name) == ("orphan", image_name)
     assert record.image_digest is None and record.image_media_type is None
     assert record.task_status is TaskStatus.RUNNING
+
+
+def test_started_images_are_those_of_containers_with_a_task_not_yet_measured(
+    containerd: Containerd, busybox_image: OciImage, namespace: str
+) -> None:
+    image_name = containerd.import_image(namespace, busybox_image, BASE_NAME)
+    other = containerd.import_image(namespace, busybox_image, "lightgate.test/other")
+    containerd.run(namespace, image_name, "running", "/bin/sleep", "300")
+    containerd.create(namespace, other, "idle")  # no task: nothing of it has run
+    digest = busybox_image.manifest_digest
+    running = ImageRecord(image_name, digest, "containerd")
+
+    assert started_images(containerd.socket, namespace, measured=()) == [running]
+    assert started_images(containerd.socket, namespace, measured={running}) == []
+    containerd.start(namespace, "idle")
+    assert started_images(containerd.socket, namespace, measured={running}) == [
+        ImageRecord(other, digest, "containerd")
+    ]
+
+
+def test_many_new_containers_are_asked_about_in_one_list(
+    containerd: Containerd, busybox_image: OciImage, namespace: str
+) -> None:
+    # Past TASK_GETS_MAX the tasks are listed once instead of asked one by one; the
+    # answer is the same: only containers with a task count.
+    names = [
+        containerd.import_image(namespace, busybox_image, f"lightgate.test/app-{i}")
+        for i in range(TASK_GETS_MAX + 2)
+    ]
+    for i, name in enumerate(names):
+        if i % 2:
+            containerd.run(namespace, name, f"c{i:02d}", "/bin/sleep", "300")
+        else:
+            containerd.create(namespace, name, f"c{i:02d}")
+
+    records = started_images(containerd.socket, namespace, measured=())
+
+    assert [r.name for r in records] == sorted(n for i, n in enumerate(names) if i % 2)
+    assert {r.digest for r in records} == {busybox_image.manifest_digest}
 
 
 def test_namespaces_are_kept_apart(

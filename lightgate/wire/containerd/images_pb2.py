@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from lightgate.wire.containerd import descriptor_pb2 as containerd_dot_types_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*containerd/services/images/v1/images.proto\x12\x1d\x63ontainerd.services.images.v1\x1a!containerd/types/descriptor.proto\"\xb4\x01\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12@\n\x06labels\x18\x02 \x03(\x0b\x32\x30.containerd.services.images.v1.Image.LabelsEntry\x12,\n\x06target\x18\x03 \x01(\x0b\x32\x1c.containerd.types.Descriptor\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1f\n\x0fGetImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"G\n\x10GetImageResponse\x12\x33\n\x05image\x18\x01 \x01(\x0b\x32$.containerd.services.images.v1.Image2p\n\x06Images\x12\x66\n\x03Get\x12..containerd.services.images.v1.GetImageRequest\x1a/.containerd.services.images.v1.GetImageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*containerd/services/images/v1/images.proto\x12\x1d\x63ontainerd.services.images.v1\x1a!containerd/types/descriptor.proto\"\xb4\x01\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12@\n\x06labels\x18\x02 \x03(\x0b\x32\x30.containerd.services.images.v1.Image.LabelsEntry\x12,\n\x06target\x18\x03 \x01(\x0b\x32\x1c.containerd.types.Descriptor\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"$\n\x11ListImagesRequest\x12\x0f\n\x07\x66ilters\x18\x01 \x03(\t\"J\n\x12ListImagesResponse\x12\x34\n\x06images\x18\x01 \x03(\x0b\x32$.containerd.services.images.v1.Image2u\n\x06Images\x12k\n\x04List\x12\x30.containerd.services.images.v1.ListImagesRequest\x1a\x31.containerd.services.images.v1.ListImagesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,10 +39,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGE']._serialized_end=293
   _globals['_IMAGE_LABELSENTRY']._serialized_start=248
   _globals['_IMAGE_LABELSENTRY']._serialized_end=293
-  _globals['_GETIMAGEREQUEST']._serialized_start=295
-  _globals['_GETIMAGEREQUEST']._serialized_end=326
-  _globals['_GETIMAGERESPONSE']._serialized_start=328
-  _globals['_GETIMAGERESPONSE']._serialized_end=399
-  _globals['_IMAGES']._serialized_start=401
-  _globals['_IMAGES']._serialized_end=513
+  _globals['_LISTIMAGESREQUEST']._serialized_start=295
+  _globals['_LISTIMAGESREQUEST']._serialized_end=331
+  _globals['_LISTIMAGESRESPONSE']._serialized_start=333
+  _globals['_LISTIMAGESRESPONSE']._serialized_end=407
+  _globals['_IMAGES']._serialized_start=409
+  _globals['_IMAGES']._serialized_end=526
 # @@protoc_insertion_point(module_scope)

@@ -70,40 +70,41 @@ class Image(_message.Message):
 Global___Image: _TypeAlias = Image  # noqa: Y015
 
 @_typing.final
-class GetImageRequest(_message.Message):
+class ListImagesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    NAME_FIELD_NUMBER: _builtins.int
-    name: _builtins.str
+    FILTERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def filters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
-        name: _builtins.str = ...,
+        filters: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filters", b"filters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetImageRequest: _TypeAlias = GetImageRequest  # noqa: Y015
+Global___ListImagesRequest: _TypeAlias = ListImagesRequest  # noqa: Y015
 
 @_typing.final
-class GetImageResponse(_message.Message):
+class ListImagesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    IMAGE_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def image(self) -> Global___Image: ...
+    def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___Image]: ...
     def __init__(
         self,
         *,
-        image: Global___Image | None = ...,
+        images: _abc.Iterable[Global___Image] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetImageResponse: _TypeAlias = GetImageResponse  # noqa: Y015
+Global___ListImagesResponse: _TypeAlias = ListImagesResponse  # noqa: Y015

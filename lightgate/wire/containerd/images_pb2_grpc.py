@@ -35,17 +35,17 @@ class ImagesStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Get = channel.unary_unary(
-                '/containerd.services.images.v1.Images/Get',
-                request_serializer=containerd_dot_services_dot_images_dot_v1_dot_images__pb2.GetImageRequest.SerializeToString,
-                response_deserializer=containerd_dot_services_dot_images_dot_v1_dot_images__pb2.GetImageResponse.FromString,
+        self.List = channel.unary_unary(
+                '/containerd.services.images.v1.Images/List',
+                request_serializer=containerd_dot_services_dot_images_dot_v1_dot_images__pb2.ListImagesRequest.SerializeToString,
+                response_deserializer=containerd_dot_services_dot_images_dot_v1_dot_images__pb2.ListImagesResponse.FromString,
                 _registered_method=True)
 
 
 class ImagesServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Get(self, request, context):
+    def List(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -54,10 +54,10 @@ class ImagesServicer:
 
 def add_ImagesServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Get': grpc.unary_unary_rpc_method_handler(
-                    servicer.Get,
-                    request_deserializer=containerd_dot_services_dot_images_dot_v1_dot_images__pb2.GetImageRequest.FromString,
-                    response_serializer=containerd_dot_services_dot_images_dot_v1_dot_images__pb2.GetImageResponse.SerializeToString,
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=containerd_dot_services_dot_images_dot_v1_dot_images__pb2.ListImagesRequest.FromString,
+                    response_serializer=containerd_dot_services_dot_images_dot_v1_dot_images__pb2.ListImagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -71,7 +71,7 @@ class Images:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def Get(request,
+    def List(request,
             target,
             options=(),
             channel_credentials=None,
@@ -84,9 +84,9 @@ class Images:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/containerd.services.images.v1.Images/Get',
-            containerd_dot_services_dot_images_dot_v1_dot_images__pb2.GetImageRequest.SerializeToString,
-            containerd_dot_services_dot_images_dot_v1_dot_images__pb2.GetImageResponse.FromString,
+            '/containerd.services.images.v1.Images/List',
+            containerd_dot_services_dot_images_dot_v1_dot_images__pb2.ListImagesRequest.SerializeToString,
+            containerd_dot_services_dot_images_dot_v1_dot_images__pb2.ListImagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,19 +34,19 @@ class ImagesStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ImagesAsyncStub: ...
-    Get: _grpc.UnaryUnaryMultiCallable[_images_pb2.GetImageRequest, _images_pb2.GetImageResponse]
+    List: _grpc.UnaryUnaryMultiCallable[_images_pb2.ListImagesRequest, _images_pb2.ListImagesResponse]
 
 @_typing.type_check_only
 class ImagesAsyncStub(ImagesStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
-    Get: _aio.UnaryUnaryMultiCallable[_images_pb2.GetImageRequest, _images_pb2.GetImageResponse]  # type: ignore[assignment]
+    List: _aio.UnaryUnaryMultiCallable[_images_pb2.ListImagesRequest, _images_pb2.ListImagesResponse]  # type: ignore[assignment]
 
 class ImagesServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
-    def Get(
+    def List(
         self,
-        request: _images_pb2.GetImageRequest,
+        request: _images_pb2.ListImagesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_images_pb2.GetImageResponse, _abc.Awaitable[_images_pb2.GetImageResponse]]: ...
+    ) -> _typing.Union[_images_pb2.ListImagesResponse, _abc.Awaitable[_images_pb2.ListImagesResponse]]: ...
 
 def add_ImagesServicer_to_server(servicer: ImagesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
