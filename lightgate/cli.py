@@ -181,6 +181,7 @@ def _run_sim(plan: list[str], as_json: bool, workdir: Path | None) -> None:
                     "failed_checks": list(r.failed_checks),
                     "reason": r.reason,
                     "admission": None if r.admission is None else r.admission.to_json(),
+                    "containers": r.containers,
                 }
                 for r in results
             ]
@@ -258,6 +259,8 @@ def _print_results(results: list[Any]) -> None:
         f"extender (workload web, region eu-west); {certified} given a TPM-bound certificate; "
         f"{sum(r.as_expected for r in results)} of {len(results)} outcomes as expected"
     )
+    for source in sorted({r.containers for r in results if r.containers}):
+        out.print(source)
 
 
 def _admission_cell(admission: Any) -> str:

@@ -36,6 +36,7 @@ from lightgate.config import (
 )
 from lightgate.sim.admission import AdmissionOutcome, SimAdmission
 from lightgate.sim.boot import fixture_path, golden_from_fixture, import_golden, measure_boot
+from lightgate.sim.images import sim_images
 from lightgate.sim.scenarios import SCENARIOS, Environment, Scenario, Verdict, check_plan
 from lightgate.sim.swtpm import SimulatorCA, Swtpm, provision, require_tools
 from lightgate.wire.v1 import admin_pb2 as admin_pb
@@ -66,6 +67,9 @@ class NodeResult:
     ak: str = ""  # the node's AK kind
     failed_checks: tuple[str, ...] = ()
     admission: AdmissionOutcome | None = None
+    # For a node that runs containers: where its images came from (a real containerd,
+    # or declared, and why).
+    containers: str | None = None
 
     def to_json(self) -> dict[str, object]:
         document = asdict(self)
@@ -209,16 +213,22 @@ def run_fleet(
         note(f"verifier listening on {address}")
         operator = SimOperator(f"127.0.0.1:{verifier.admin_port}", token)
         stack.callback(operator.close)
-        golden = golden_from_fixture()
+        images = stack.enter_context(sim_images(root, any(s.runs_containers for s in scenarios)))
+        note(images.describe())
+        golden = images.allow(golden_from_fixture())
         import_golden(verifier.store, golden)
         verifier.verifier.references.refresh()
-        note(f"golden values {golden.name!r} learned from the good boot fixture")
+        note(
+            f"golden values {golden.name!r} learned from the good boot fixture, allowing "
+            f"image {images.reference('allowed')}@{images.digest('allowed')[:19]}…"
+        )
         env = Environment(
             nonce_ttl_seconds=SIM_NONCE_TTL_SECONDS,
             foreign_tpm=(lambda: Tpm(swtpms[foreign_dir].tcti)) if foreign_dir in swtpms else None,
             operator=operator,
             trust_seconds=SIM_TRUST_SECONDS,
             admission=SimAdmission(verifier.https.url) if verifier.https is not None else None,
+            images=images,
         )
 
         fleet = _Fleet(root, address, nodes, {n: swtpms[tpm_dirs[n]].tcti for n in nodes}, env)
@@ -262,6 +272,9 @@ def _run_node(fleet: _Fleet, node: str, scenario_name: str) -> NodeResult:
         ak_algorithm="rsa" if index % 2 else "ecc",
         event_log=log_path,
         source_address=source_address(scenario.site, index),
+        containers=fleet.env.images.sources(node)
+        if fleet.env.images is not None and scenario.runs_containers
+        else [],
     )
     try:
         with contextlib.ExitStack() as own:
@@ -297,6 +310,9 @@ def _run_node(fleet: _Fleet, node: str, scenario_name: str) -> NodeResult:
         ak={"ecc": "ECC P-256 AK", "rsa": "RSA-2048 AK"}[agent_config.ak_algorithm],
         failed_checks=verdict.failed_checks,
         admission=admission,
+        containers=fleet.env.images.describe()
+        if fleet.env.images is not None and scenario.runs_containers
+        else None,
     )
 
 

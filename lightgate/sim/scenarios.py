@@ -20,6 +20,7 @@ import grpc
 from attestor.agent import Agent
 from attestor.tpm import Tpm, TpmError
 from lightgate.sim.admission import SimAdmission
+from lightgate.sim.images import SimImages
 from lightgate.wire import convert
 from lightgate.wire.v1 import attestation_pb2 as pb
 
@@ -57,6 +58,7 @@ class Environment:
     operator: Operator | None = None
     trust_seconds: float = 0.0
     admission: SimAdmission | None = None
+    images: SimImages | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class Scenario:
     run: Callable[[Agent, Environment], Verdict]
     rogue_ca: bool = False  # the node's TPM carries an EK certificate from an untrusted CA
     needs_foreign_tpm: bool = False
+    runs_containers: bool = False  # the fleet needs images (a containerd when available)
     boot: str = "good"  # the fixture boot replayed into the node's PCRs at start
     # What the agent sends as its event log, from the log of `boot` (None: that log).
     sent_log: Callable[[bytes], bytes] | None = None
@@ -201,6 +204,17 @@ def revoked(agent: Agent, env: Environment) -> Verdict:
     return verdict
 
 
+def unknown_image(agent: Agent, env: Environment) -> Verdict:
+    """Starts a container from the allowed image, then one from an image no golden
+    values list: the second must be named in the refusal, the first not."""
+    assert env.images is not None
+    _enroll(agent, env)
+    env.images.start(agent, "allowed")
+    agent.attest_once()
+    env.images.start(agent, "unknown")
+    return _verdict(agent.attest_once())
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -295,6 +309,14 @@ _TRUST_SCENARIOS = (
     ),
     Scenario("expired", "attests once, then its agent stops", "expired", expired),
     Scenario("revoked", "revoked by an operator, then attests again", "revoked", revoked),
+    Scenario(
+        "unknown-image",
+        "starts a container from an image that is not on the allow-list",
+        "images",
+        unknown_image,
+        runs_containers=True,
+        detail="registry.lightgate.sim/miner",
+    ),
 )
 SCENARIOS.update({s.name: s for s in _TRUST_SCENARIOS})
 

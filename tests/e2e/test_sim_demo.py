@@ -11,6 +11,9 @@ from typing import Any
 
 import pytest
 
+from lightgate.sim.containerd import missing_prerequisites
+from lightgate.sim.fleet import run_fleet
+
 if shutil.which("swtpm") is None:
     pytest.skip("swtpm is not installed (run `make setup`)", allow_module_level=True)
 
@@ -30,6 +33,7 @@ EXPECTED_REFUSALS = {
     "wrong-location": "location",
     "expired": "expired",
     "revoked": "revoked",
+    "unknown-image": "images",
 }
 NAMED = {  # what the refusal must name, beyond its check
     "tampered-kernel": "boot-chain.kernel",
@@ -39,6 +43,7 @@ NAMED = {  # what the refusal must name, beyond its check
     "wrong-location": "observed dc=fra1",
     "expired": "trust lasted until",
     "revoked": "stolen",
+    "unknown-image": "registry.lightgate.sim/miner:latest@sha256:",
 }
 
 
@@ -54,7 +59,7 @@ def test_sim_demo_json() -> None:
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     nodes = json.loads(done.stdout)["nodes"]
-    fields = {"node", "scenario", "status", "failed_checks", "reason", "admission"}
+    fields = {"node", "scenario", "status", "failed_checks", "reason", "admission", "containers"}
     assert all(set(node) == fields for node in nodes)
     for node in nodes:  # the scheduler and the credential gate follow trust
         admission = node["admission"]
@@ -75,6 +80,13 @@ def test_sim_demo_json() -> None:
         refused = check in node["failed_checks"] or node["reason"].startswith(f"{check}:")
         assert refused, node
         assert NAMED.get(node["scenario"], "") in node["reason"], node
+    (unknown_image,) = by_scenario["unknown-image"]
+    assert "registry.lightgate.sim/web" not in unknown_image["reason"]  # allowed: not blamed
+    # It says where its images came from: a real containerd when this machine can run one.
+    assert unknown_image["containers"].startswith("container images: ")
+    if missing_prerequisites() is None:
+        assert unknown_image["containers"].endswith("(real)")
+    assert all(node["containers"] is None for node in nodes if node is not unknown_image)
     (expired,) = by_scenario["expired"]
     assert expired["status"] == "expired"
     # revoked mid-run: filtered out, and the certificate it held is on the CRL
@@ -96,3 +108,17 @@ def test_sim_run_unknown_scenario_is_one_error_line() -> None:
     assert done.returncode == 1
     assert done.stderr.startswith("error: unknown scenario(s): nope")
     assert "Traceback" not in done.stderr
+
+
+def test_without_containerd_the_images_are_declared_and_still_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fallback for machines that cannot run containerd: the node's agent measures
+    declared image records, the verifier refuses the unknown one the same way, and the
+    result says the images were not read from a runtime."""
+    why = "containerd cannot run here (this test says so)"
+    monkeypatch.setattr("lightgate.sim.images.missing_prerequisites", lambda: why)
+    (result,) = run_fleet(["unknown-image"])
+    assert result.as_expected, result
+    assert result.failed_checks == ("images",)
+    assert result.containers == f"container images: declared, not read from a runtime ({why})"
