@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ATTEST := $(VENV)/bin/attest
 
-.PHONY: setup demo test lint typecheck policy-test pytest proto fixtures bench fuzz clean
+.PHONY: setup demo test lint typecheck policy-test pytest proto fixtures fixtures-real bench fuzz clean
 
 setup:
 	@bash scripts/setup.sh
@@ -34,6 +34,12 @@ proto: setup
 # Rebuild firmware-fixtures/*.bin from firmware-fixtures/boots/*.yaml (a unit test checks them).
 fixtures: setup
 	$(PY) -m lightgate.sim.firmware
+
+# Record real measured boots into firmware-fixtures/recorded/{sb-on,sb-off}/: Debian 12's
+# OVMF, shim, grub and cloud kernel (downloaded into .cache/realboot, not installed) booted
+# under QEMU with swtpm; tests/unit/lightgate/test_recorded_boots.py checks them.
+fixtures-real: setup
+	$(PY) -m lightgate.sim.realboot.record --out firmware-fixtures/recorded
 
 bench: setup
 	$(PY) benchmarks/quote_verify.py
