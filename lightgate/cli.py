@@ -296,12 +296,57 @@ def sim_run(
     scenario: Annotated[
         list[str] | None, typer.Option(help="Scenario(s), cycled over the nodes.")
     ] = None,
+    vm: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=16,
+            help="Boot this many full guests under QEMU instead (scenarios vm-good, "
+            "vm-changed-cmdline; default both, cycled).",
+        ),
+    ] = None,
     as_json: JsonOption = False,
     workdir: Annotated[Path | None, typer.Option(help="Keep the fleet's files here.")] = None,
 ) -> None:
-    """Run N nodes with the given scenarios (default: good)."""
+    """Run N nodes with the given scenarios (default: good), or N full guests (--vm)."""
+    if vm is not None:
+        names = scenario or ["vm-good", "vm-changed-cmdline"]
+        _run_vms([names[i % len(names)] for i in range(vm)], as_json, workdir)
+        return
     names = scenario or ["good"]
     _run_sim([names[i % len(names)] for i in range(nodes)], as_json, workdir)
+
+
+def _run_vms(plan: list[str], as_json: bool, workdir: Path | None) -> None:
+    from lightgate.sim.realboot.vm import GuestError, check_plan, run_guests
+
+    check_plan(plan)
+
+    def progress(message: str) -> None:
+        err.print(f"[dim]{message}[/]", highlight=False)
+
+    try:
+        results = run_guests(plan, workdir=workdir, progress=progress)
+    except GuestError as exc:
+        fail(str(exc))
+    if as_json:
+        out.print_json(json.dumps({"nodes": [r.to_json() for r in results]}))
+    else:
+        table = Table(title="Lightgate full guests (QEMU, Secure Boot, agent as a service)")
+        for column in ("node", "scenario", "verdict (checks)", "detail", "boot to verdict", ""):
+            table.add_column(column, overflow="fold")
+        for r in results:
+            verdict = r.status + ("\n" + ", ".join(r.failed_checks) if r.failed_checks else "")
+            seconds = "-" if r.boot_to_verdict_seconds is None else f"{r.boot_to_verdict_seconds} s"
+            mark = "[green]✓[/]" if r.as_expected else f"[red]✗ expected {r.expected}[/]"
+            detail = _brief(r.reason, r.node) if r.reason else "trusted"
+            table.add_row(r.node, r.scenario, verdict, detail, seconds, mark)
+        out.print(table)
+        for r in results:
+            if not r.as_expected and r.console_tail:
+                err.print(f"{r.node} console (last lines):\n{r.console_tail}", highlight=False)
+    if not all(r.as_expected for r in results):
+        raise typer.Exit(1)
 
 
 @sim_app.command("scenarios")

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config gcc python3-dev python3-venv
-    containerd runc umoci busybox-static podman qemu-system-x86 mtools pesign)
+    containerd runc umoci busybox-static podman qemu-system-x86 mtools pesign socat debootstrap)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -16,7 +16,10 @@ The guest's /init writes to the second serial port (/dev/ttyS1, QEMU's second
     PCR <bank> <index> <hex>          (every /sys/class/tpm/tpm0/pcr-<bank>/<index>)
     LIGHTGATE-EVIDENCE END
 
-then powers the machine off.
+then powers the machine off.  Unless the machine has a root file system: when the NVMe
+disk (`ROOT_DEVICE`) holds an ext4 file system with /sbin/init, /init mounts it and
+switches to it instead (`attest sim run --vm`: a full guest whose agent reads the log
+itself).  One initramfs for both, so a recording and a full guest measure the same boot.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Final
 NEWC_MAGIC: Final = b"070701"
 TRAILER: Final = "TRAILER!!!"
 EVIDENCE_PORT: Final = "/dev/ttyS1"
+ROOT_DEVICE: Final = "/dev/nvme0n1"
 PCR_INDICES: Final = range(24)
 
 INIT_SCRIPT: Final = f"""#!/bin/busybox sh
@@ -39,6 +43,20 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t securityfs securityfs /sys/kernel/security
+root={ROOT_DEVICE}
+i=0
+while [ ! -b "$root" ] && [ "$i" -lt 25 ]; do sleep 0.2; i=$((i + 1)); done
+if [ -b "$root" ] && mount -t ext4 "$root" /newroot 2>/dev/null; then
+  if [ -L /newroot/sbin/init ] || [ -x /newroot/sbin/init ]; then
+    echo "lightgate: switching to the root file system on $root"
+    umount /sys/kernel/security
+    mount --move /dev /newroot/dev
+    mount --move /sys /newroot/sys
+    mount --move /proc /newroot/proc
+    exec switch_root /newroot /sbin/init
+  fi
+  umount /newroot
+fi
 log=/sys/kernel/security/tpm0/binary_bios_measurements
 i=0
 while [ ! -e "$log" ] && [ "$i" -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
@@ -133,6 +151,7 @@ def initramfs_entries(busybox: bytes, init_script: str = INIT_SCRIPT) -> list[Cp
         CpioEntry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)),
         CpioEntry("dev/null", stat.S_IFCHR | 0o666, rdev=(1, 3)),
         CpioEntry("init", stat.S_IFREG | 0o755, init_script.encode()),
+        CpioEntry("newroot", directory),
         CpioEntry("proc", directory),
         CpioEntry("sys", directory),
         CpioEntry("tmp", directory | stat.S_ISVTX | 0o777),

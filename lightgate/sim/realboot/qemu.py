@@ -25,6 +25,15 @@ QEMU: Final = "qemu-system-x86_64"
 SWTPM: Final = "swtpm"
 DEFAULT_TIMEOUT: Final = 600.0
 MEMORY_MB: Final = 1024
+#: Every boot, recorded or a full guest, has the same machine: the ESP disk, an NVMe
+#: disk (blank when recording, the root file system in a full guest) and a virtio NIC
+#: with a fixed MAC and no option ROM.  OVMF makes boot options of all three (PCR 1), so
+#: golden values learned from a recording hold for the full guest.
+MAC: Final = "52:54:00:4c:47:01"
+ROOT_SERIAL: Final = "lightgate-root"
+#: Where a full guest finds the verifier: QEMU's user network forwards it to the host.
+GUEST_VERIFIER: Final = ("10.0.2.100", 50051)
+BLANK_ROOT_BYTES: Final = 1 << 20
 
 
 class BootMode(StrEnum):
@@ -48,9 +57,11 @@ class BootResult:
 
 
 def require_tools() -> None:
-    missing = [tool for tool in (QEMU, SWTPM) if shutil.which(tool) is None]
+    missing = [tool for tool in (QEMU, SWTPM, "socat") if shutil.which(tool) is None]
     if missing:
-        raise BootError(f"{', '.join(missing)} not found: apt-get install qemu-system-x86 swtpm")
+        raise BootError(
+            f"{', '.join(missing)} not found: apt-get install qemu-system-x86 swtpm socat"
+        )
 
 
 def tool_versions() -> dict[str, str]:
@@ -91,7 +102,18 @@ def qemu_argv(
     tpm_socket: Path,
     console_log: Path,
     evidence_log: Path,
+    root_disk: Path,
+    verifier_port: int | None = None,
 ) -> list[str]:
+    """The machine (see MAC).  The root disk is opened copy-on-write (`snapshot=on`), so
+    many guests share one image; with `verifier_port`, the guest's GUEST_VERIFIER address
+    is forwarded to that port on the host's loopback."""
+    netdev = "user,id=n0,restrict=on"
+    if verifier_port is not None:
+        host, port = GUEST_VERIFIER
+        # `cmd:` runs socat for each connection the guest opens; a `tcp:` chardev would
+        # be one connection, opened when QEMU starts, that the verifier closes unused.
+        netdev += f",guestfwd=tcp:{host}:{port}-cmd:socat - TCP:127.0.0.1:{verifier_port}"
     return [
         QEMU,
         "-machine",
@@ -118,8 +140,14 @@ def qemu_argv(
         f"if=none,id=esp,format=raw,file={esp}",
         "-device",
         "virtio-blk-pci,drive=esp,bootindex=0",
-        "-net",
-        "none",
+        "-drive",
+        f"if=none,id=root,format=raw,snapshot=on,file={root_disk}",
+        "-device",
+        f"nvme,drive=root,serial={ROOT_SERIAL}",
+        "-netdev",
+        netdev,
+        "-device",
+        f"virtio-net-pci,netdev=n0,mac={MAC},romfile=",
         "-serial",
         f"file:{console_log}",
         "-serial",
@@ -178,6 +206,9 @@ def boot(
     console_log = workdir / "console.log"
     evidence_log = workdir / "evidence.log"
     tpm_argv = swtpm_argv(state, tpm_socket, workdir / "swtpm.log")
+    blank_root = workdir / "root.img"  # no file system: /init records and powers off
+    with blank_root.open("wb") as disk:
+        disk.truncate(BLANK_ROOT_BYTES)
     vm_argv = qemu_argv(
         code=code,
         vars_copy=vars_copy,
@@ -185,6 +216,7 @@ def boot(
         tpm_socket=tpm_socket,
         console_log=console_log,
         evidence_log=evidence_log,
+        root_disk=blank_root,
     )
     swtpm = subprocess.Popen(tpm_argv, stdin=subprocess.DEVNULL)
     try:

@@ -54,7 +54,7 @@ def test_newc_archive_round_trips_with_fixed_metadata() -> None:
     members = read_newc(archive)
     names = [name for name, *_ in members]
     assert names == ["bin", "bin/busybox", "bin/sh", "dev", "dev/console", "dev/null",
-                     "init", "proc", "sys", "tmp"]  # fmt: skip
+                     "init", "newroot", "proc", "sys", "tmp"]  # fmt: skip
     by_name = {name: (mode, data, mtime) for name, mode, data, mtime in members}
     assert by_name["bin/busybox"][1] == BUSYBOX
     assert stat.S_ISLNK(by_name["bin/sh"][0]) and by_name["bin/sh"][1] == b"busybox"
@@ -220,3 +220,51 @@ def test_a_pe_without_a_vendor_certificate_is_not_a_shim() -> None:
 
     with pytest.raises(PeImageMalformed):
         vendor_certificate(b"MZ" + bytes(200))
+
+
+def test_guest_verdicts_follow_the_scenario() -> None:
+    from lightgate.sim.realboot.vm import VM_SCENARIOS, _verdict
+
+    good, changed = VM_SCENARIOS["vm-good"], VM_SCENARIOS["vm-changed-cmdline"]
+    assert _verdict(good, "vm-00", "affirming", None, (), 60.0, "").as_expected
+    assert not _verdict(good, "vm-00", "none", "no attestation", (), None, "").as_expected
+    refused = "kernel.cmdline: console=ttyS0 panic=-1 lightgate.changed=1 is not among ..."
+    assert _verdict(
+        changed, "vm-01", "contraindicated", refused, ("golden-values",), 61.0, ""
+    ).as_expected
+    # Refused for another reason is not the scenario's refusal.
+    other = "secure-boot.enabled: Secure Boot is off"
+    assert not _verdict(
+        changed, "vm-01", "contraindicated", other, ("secure-boot",), 61.0, ""
+    ).as_expected
+    assert changed.cmdline != good.cmdline
+
+
+def test_unknown_vm_scenarios_are_refused_by_name() -> None:
+    from lightgate.sim.realboot.vm import check_plan
+
+    with pytest.raises(ValueError, match=r"unknown VM scenario.*vm-bad"):
+        check_plan(["vm-good", "vm-bad"])
+
+
+def test_the_guest_image_leaves_out_what_the_agent_never_imports() -> None:
+    from lightgate.sim.realboot.rootfs import _excluded
+
+    for name in (
+        "mypy",
+        "mypy-1.13.0.dist-info",
+        "grpc_tools",
+        "sqlalchemy",
+        "__editable__.x.pth",
+        "pytest",
+    ):
+        assert _excluded(name), name
+    for name in (
+        "grpc",
+        "grpcio-1.85.1.dist-info",
+        "tpm2_pytss",
+        "cryptography",
+        "pydantic",
+        "yaml",
+    ):
+        assert not _excluded(name), name
