@@ -31,7 +31,7 @@ import grpc
 
 from attestor.collect.boot_log import read_boot_log
 from attestor.collect.containers import ContainerRuntimeError
-from attestor.collect.images import images_started
+from attestor.collect.images import images_in_use
 from attestor.collect.runtime_log import AssetTagUnusable, RuntimeLog, asset_tag_bytes
 from attestor.credentials import CredentialClient
 from attestor.source_address import SourceAddressRelay, split_host_port
@@ -218,7 +218,7 @@ class Agent:
 
     def measure_images(self) -> None:
         """Read every configured container runtime and measure each image a container
-        started from that this boot's runtime log does not record yet.  A runtime that
+        uses that this boot's runtime log does not record yet.  A runtime that
         cannot be read fails the round (ContainerRuntimeError): an attestation that
         could not see the containers must not vouch for them."""
         if not self.config.containers:
@@ -228,7 +228,7 @@ class Agent:
         fresh = [
             record
             for source in self.config.containers
-            for record in images_started(source, measured, self.config.container_timeout_seconds)
+            for record in images_in_use(source, measured, self.config.container_timeout_seconds)
         ]
         for record in fresh:
             runtime.append_image(self.tpm, record)

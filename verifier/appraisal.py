@@ -188,10 +188,11 @@ class BootAppraiser:
                     "no golden values are imported (attest golden import)", node_id=node_id
                 ),
             )
-        elif not active:
-            names = ", ".join(f"{g.name} (valid until {g.valid_until})" for g in golden)
+        elif not any(g.judges_boot for g in active) and any(g.judges_boot for g in golden):
+            boot_documents = [g for g in golden if g.judges_boot]
+            names = ", ".join(f"{g.name} (valid until {g.valid_until})" for g in boot_documents)
             expired = GoldenValuesMissing(
-                f"every golden-values document has expired: {names}", node_id=node_id
+                f"every golden-values document for boots has expired: {names}", node_id=node_id
             )
             failures = (expired,)
         elif outcome.closest is None:

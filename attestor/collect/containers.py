@@ -1,7 +1,7 @@
 """The containers containerd runs on this node, and the image digest each was made from.
 
 Read from containerd's own gRPC API on its Unix socket (proto/containerd/: Containers/List,
-Tasks/Get or Tasks/List, Images/List), never by scraping `ctr` or `nerdctl` output, whose
+Tasks/List, Images/List), never by scraping `ctr` or `nerdctl` output, whose
 format is not an interface.  containerd scopes every object to a namespace, named per
 call in the gRPC metadata key `containerd-namespace`.
 
@@ -12,9 +12,8 @@ made, the digest is the new target's; closing that gap (e.g. from the snapshot c
 left to a later slice.
 
 Cost: containerd answers Tasks/List by asking every container's shim for its state (about
-100 ms for 200 containers here), so `started_images`, the agent's per-round read, asks
-about tasks only for containers whose image the runtime log does not record yet: in the
-steady state a round is Containers/List and Images/List, whatever the container count.
+100 ms for 200 containers here); `listed_images`, the agent's per-round read, needs no
+task: a round is Containers/List and Images/List, whatever the container count.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from __future__ import annotations
 import enum
 import logging
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -39,15 +38,13 @@ from lightgate.wire.containerd import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
-from verifier.evidence.images import ImageRecord
+from verifier.evidence.images import ImageRecord, reported_name
 
 log = logging.getLogger("lightgate.agent")
 
 #: The gRPC metadata key containerd reads the namespace from (containerd/namespaces/grpc.go).
 NAMESPACE_METADATA_KEY: Final = "containerd-namespace"
 DEFAULT_TIMEOUT_SECONDS: Final = 5.0
-#: Up to this many containers to ask about, one Tasks/Get each; beyond, one Tasks/List.
-TASK_GETS_MAX: Final = 16
 #: OCI image-spec digests this agent reports; containerd's content store addresses by sha256.
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _NAMESPACE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
@@ -149,7 +146,13 @@ def image_targets(images: Iterable[images_pb2.Image]) -> dict[str, tuple[str, st
     """The (digest, media type) each image record of the namespace points at, by name."""
     targets: dict[str, tuple[str, str]] = {}
     for image in images:
-        target = image_target(image)
+        try:
+            target = image_target(image)
+        except ContainerRecordMalformed as exc:
+            # Not one image the agent can name by digest: a container using it is
+            # measured with no digest (refused), the rest of the namespace still counts.
+            log.warning("image skipped", extra={"fields": {"detail": str(exc)}})
+            continue
         if target is not None:
             targets[image.name] = target
     return targets
@@ -241,20 +244,6 @@ class ContainerdClient:
             raise self._failure("Tasks/List", exc) from exc
         return list(response.tasks)
 
-    def task_status(self, container_id: str) -> TaskStatus:
-        """The status of one container's task (NO_TASK when it has none)."""
-        try:
-            response = self._tasks.Get(
-                tasks_pb2.GetRequest(container_id=container_id),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return TaskStatus.NO_TASK
-            raise self._failure(f"Tasks/Get {container_id!r}", exc) from exc
-        return _STATUS_BY_WIRE.get(response.process.status, TaskStatus.UNKNOWN)
-
     def images(self) -> list[images_pb2.Image]:
         """Every image record of the namespace (one call, however many are named)."""
         try:
@@ -305,37 +294,26 @@ def running_images(
     return records
 
 
-def started_images(
+def listed_images(
     socket_path: Path,
     namespace: str,
-    measured: Collection[ImageRecord],
     timeout: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> list[ImageRecord]:
-    """The images of the namespace's started containers that `measured` lacks, sorted.
+    """The image of every container of the namespace, distinct and sorted: what the agent
+    measures (Containers/List and Images/List, two calls whatever the container count).
 
-    Only containers whose image record is new are asked about their task (Tasks/Get each,
-    or one Tasks/List when there are many): an image already measured this boot needs no
-    second look, and a created container with no task has run nothing yet.
+    Every listed container counts, with or without a task: containerd (and the CRI
+    plugin) deletes a task once its process exits, so a container that ran and stopped
+    looks exactly like one never started.  Measuring both is closed by default; a
+    container created and removed between two reads is not seen at all (polling).
     """
     with ContainerdClient(socket_path, namespace, timeout) as client:
         containers = client.containers()
         targets = image_targets(client.images())
-        fresh: dict[str, ImageRecord] = {}
-        for container in containers:
-            if not container.id:
-                raise ContainerRecordMalformed("containerd listed a container with no id")
-            digest = targets.get(container.image, (None, None))[0] if container.image else None
-            record = ImageRecord(container.image, digest, "containerd")
-            if record not in measured:
-                fresh[container.id] = record
-        if len(fresh) > TASK_GETS_MAX:
-            statuses = task_statuses(client.tasks())
-            started = {
-                cid
-                for cid in fresh
-                if statuses.get(cid, TaskStatus.NO_TASK) is not TaskStatus.NO_TASK
-            }
-        else:
-            started = {cid for cid in fresh if client.task_status(cid) is not TaskStatus.NO_TASK}
-    records = {fresh[cid] for cid in started}
+    records = set()
+    for container in containers:
+        if not container.id:
+            raise ContainerRecordMalformed("containerd listed a container with no id")
+        digest = targets.get(container.image, (None, None))[0] if container.image else None
+        records.add(ImageRecord(reported_name(container.image), digest, "containerd"))
     return sorted(records, key=lambda r: (r.name, r.digest or ""))

@@ -1,11 +1,15 @@
-"""Which container images the agent measures: every image a container on the node has
-started from, read from each configured runtime's own API.
+"""Which container images the agent measures: the image of every container the node's
+runtimes list, read from each configured runtime's own API.
+
+Every listed container counts, started or not: a container that ran and exited may have
+no task left (containerd deletes it, and so does the CRI plugin), which looks just like
+one never started, so measuring only containers with a process would miss the short-
+lived ones.  Measuring all is closed by default.  What polling cannot see is a container
+created and removed between two reads; the runtimes' event streams would close that gap.
 
 `images_to_measure` is pure: containers (from any source) in, the distinct image
-records to measure out, in a stable order.  A container counts once it has (or had) a
-process: containerd's task exists, Docker's state is past `created`.  A created-never-
-started container runs nothing yet; it is measured when it starts.  `read_containers`
-and `images_started` are the edge: one read per configured source.
+records to measure out, in a stable order.  `read_containers` and `images_in_use` are
+the edge: one read per configured source.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from verifier.evidence.images import ImageRecord
+from verifier.evidence.images import ImageRecord, reported_name
 
 if TYPE_CHECKING:
     from attestor.collect.containers import RunningContainer
@@ -21,11 +25,10 @@ if TYPE_CHECKING:
 
 
 def images_to_measure(containers: Iterable[RunningContainer]) -> list[ImageRecord]:
-    """The distinct images started containers use, sorted (one record, one extend)."""
+    """The distinct images the listed containers use, sorted (one record, one extend)."""
     records = {
-        ImageRecord(container.image_name, container.image_digest, container.runtime)
+        ImageRecord(reported_name(container.image_name), container.image_digest, container.runtime)
         for container in containers
-        if container.started
     }
     return sorted(records, key=lambda r: (r.runtime, r.name, r.digest or ""))
 
@@ -36,15 +39,15 @@ def new_images(wanted: Sequence[ImageRecord], measured: Iterable[ImageRecord]) -
     return [record for record in wanted if record not in known]
 
 
-def images_started(
+def images_in_use(
     source: ContainerSource, measured: Collection[ImageRecord], timeout: float
 ) -> list[ImageRecord]:
-    """The images of `source`'s started containers that `measured` lacks (the agent's
-    per-round read); raises ContainerRuntimeError when the runtime cannot say."""
+    """The images of `source`'s containers that `measured` lacks (the agent's per-round
+    read); raises ContainerRuntimeError when the runtime cannot say."""
     if source.runtime == "containerd":
-        from attestor.collect.containers import started_images
+        from attestor.collect.containers import listed_images
 
-        return started_images(source.socket, source.namespace, measured, timeout)
+        return new_images(listed_images(source.socket, source.namespace, timeout), measured)
     return new_images(images_to_measure(read_containers(source, timeout)), measured)
 
 

@@ -19,15 +19,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attestor.collect.containers import (
-    TASK_GETS_MAX,
     ContainerRecordMalformed,
     ContainerRuntimeApiFailed,
     ContainerRuntimeUnavailable,
     RunningContainer,
     TaskStatus,
     image_target,
+    image_targets,
+    listed_images,
     running_images,
-    started_images,
     task_statuses,
 )
 from lightgate.wire.containerd import containers_pb2_grpc, descriptor_pb2, images_pb2, task_pb2
@@ -113,43 +113,42 @@ def test_a_container_whose_image_was_deleted_has_no_digest(
     assert record.task_status is TaskStatus.RUNNING
 
 
-def test_started_images_are_those_of_containers_with_a_task_not_yet_measured(
+def test_listed_images_are_every_containers_whatever_its_task(
     containerd: Containerd, busybox_image: OciImage, namespace: str
 ) -> None:
+    # A task that ran and exited is deleted, which looks like one never started: every
+    # listed container's image counts (closed by default).
     image_name = containerd.import_image(namespace, busybox_image, BASE_NAME)
     other = containerd.import_image(namespace, busybox_image, "lightgate.test/other")
     containerd.run(namespace, image_name, "running", "/bin/sleep", "300")
-    containerd.create(namespace, other, "idle")  # no task: nothing of it has run
+    containerd.run(namespace, image_name, "twin", "/bin/sleep", "300")
+    containerd.create(namespace, other, "idle")
     digest = busybox_image.manifest_digest
-    running = ImageRecord(image_name, digest, "containerd")
 
-    assert started_images(containerd.socket, namespace, measured=()) == [running]
-    assert started_images(containerd.socket, namespace, measured={running}) == []
-    containerd.start(namespace, "idle")
-    assert started_images(containerd.socket, namespace, measured={running}) == [
-        ImageRecord(other, digest, "containerd")
+    assert listed_images(containerd.socket, namespace) == [
+        ImageRecord(image_name, digest, "containerd"),
+        ImageRecord(other, digest, "containerd"),
     ]
 
 
-def test_many_new_containers_are_asked_about_in_one_list(
+def test_an_image_with_an_unusable_target_leaves_its_containers_without_a_digest(
     containerd: Containerd, busybox_image: OciImage, namespace: str
 ) -> None:
-    # Past TASK_GETS_MAX the tasks are listed once instead of asked one by one; the
-    # answer is the same: only containers with a task count.
-    names = [
-        containerd.import_image(namespace, busybox_image, f"lightgate.test/app-{i}")
-        for i in range(TASK_GETS_MAX + 2)
-    ]
-    for i, name in enumerate(names):
-        if i % 2:
-            containerd.run(namespace, name, f"c{i:02d}", "/bin/sleep", "300")
-        else:
-            containerd.create(namespace, name, f"c{i:02d}")
-
-    records = started_images(containerd.socket, namespace, measured=())
-
-    assert [r.name for r in records] == sorted(n for i, n in enumerate(names) if i % 2)
-    assert {r.digest for r in records} == {busybox_image.manifest_digest}
+    # One image the agent cannot name by digest must not stop the others being read.
+    image_name = containerd.import_image(namespace, busybox_image, BASE_NAME)
+    containerd.run(namespace, image_name, "web", "/bin/sleep", "300")
+    targets = image_targets(
+        [
+            images_pb2.Image(
+                name="odd", target=descriptor_pb2.Descriptor(digest="sha512:" + "ab" * 64)
+            ),
+            images_pb2.Image(
+                name=image_name,
+                target=descriptor_pb2.Descriptor(digest=busybox_image.manifest_digest),
+            ),
+        ]
+    )
+    assert set(targets) == {image_name}
 
 
 def test_namespaces_are_kept_apart(

@@ -66,6 +66,15 @@ class ImageRecord:
         return {"name": self.name, "digest": self.digest, "runtime": self.runtime}
 
 
+def reported_name(name: str) -> str:
+    """A runtime's image name as a record can hold it: unchanged when printable and at
+    most MAX_NAME_CHARS, else escaped to printable ASCII and cut (the digest, not the
+    name, is what an allow-list admits, so a strange name only costs readability)."""
+    if len(name) <= MAX_NAME_CHARS and name.isprintable():
+        return name
+    return name.encode("unicode_escape").decode("ascii")[:MAX_NAME_CHARS]
+
+
 def encode_image_event(record: ImageRecord) -> bytes:
     """The canonical taggedEventData of `record`: what json.dumps with sorted keys, compact
     separators and ensure_ascii=False writes, for these three keys (built directly: the
@@ -114,8 +123,9 @@ def repository_of(reference: str) -> str:
     first, _, rest = name.partition("/")
     if not rest:
         return f"{DEFAULT_REGISTRY}/library/{first}"
-    if first in (DEFAULT_REGISTRY, "index.docker.io") and "/" not in rest:
-        return f"{DEFAULT_REGISTRY}/library/{rest}"
-    if "." in first or ":" in first or first == "localhost":
-        return name
+    host = first.lower()  # host names are case-insensitive; repository paths are not
+    if host in (DEFAULT_REGISTRY, "index.docker.io"):
+        return f"{DEFAULT_REGISTRY}/{rest}" if "/" in rest else f"{DEFAULT_REGISTRY}/library/{rest}"
+    if "." in first or ":" in first or host == "localhost":
+        return f"{host}/{rest}"
     return f"{DEFAULT_REGISTRY}/{name}"

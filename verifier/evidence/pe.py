@@ -85,6 +85,11 @@ def pe_layout(image: bytes) -> PeLayout:
             raise PeImageMalformed(
                 f"certificate table at {cert_offset} (+{cert_size}) is outside the file"
             )
+    skipped_end = (entry + 8) if entry is not None else optional + _CHECKSUM_OFFSET + 4
+    if size_of_headers < skipped_end:
+        raise PeImageMalformed(
+            f"SizeOfHeaders {size_of_headers} ends inside the fields the image hash skips"
+        )
     table = optional + optional_size
     if table + sections * _SECTION.size > len(image) or size_of_headers > len(image):
         raise PeImageMalformed("section table or headers run past the end of the image")

@@ -108,6 +108,9 @@ def qemu_argv(
     """The machine (see MAC).  The root disk is opened copy-on-write (`snapshot=on`), so
     many guests share one image; with `verifier_port`, the guest's GUEST_VERIFIER address
     is forwarded to that port on the host's loopback."""
+    for path in (code, vars_copy, esp, tpm_socket, console_log, evidence_log, root_disk):
+        if "," in str(path):  # QEMU would read the rest as further options
+            raise BootError(f"{path}: QEMU option paths cannot hold a comma")
     netdev = "user,id=n0,restrict=on"
     if verifier_port is not None:
         host, port = GUEST_VERIFIER
@@ -228,10 +231,11 @@ def boot(
             try:
                 returncode = vm.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                _stop(vm)
                 raise BootError(
                     f"{mode} boot did not power off within {timeout} s; see {console_log}"
                 ) from None
+            finally:
+                _stop(vm)  # on a timeout, an error or Ctrl-C alike
         seconds = time.monotonic() - started
     finally:
         _stop(swtpm)

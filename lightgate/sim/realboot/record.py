@@ -31,8 +31,8 @@ from typing import Any, Final
 from lightgate.sim.realboot import esp, initramfs, packages, qemu
 from lightgate.sim.realboot.qemu import BootMode
 from lightgate.sim.realboot.shim_cert import vendor_certificate_fingerprint
-from lightgate.sim.realboot.uefi_vars import secure_boot_keys
-from verifier.evidence.pe import authenticode_digest
+from lightgate.sim.realboot.uefi_vars import VariableStoreMalformed, secure_boot_keys
+from verifier.evidence.pe import PeImageMalformed, authenticode_digest
 from verifier.evidence.uefi_signatures import parse_signature_lists
 
 BEGIN: Final = "LIGHTGATE-EVIDENCE BEGIN"
@@ -127,8 +127,8 @@ def parse_evidence(raw: bytes) -> Evidence:
 
 def _read_eventlog(header: str, body: Sequence[str], index: int) -> tuple[bytes, int]:
     parts = header.split()
-    if len(parts) != 3 or parts[0] != "BEGIN" or not parts[1].isdigit():
-        raise EvidenceError(f"bad EVENTLOG header: {header!r}")
+    if len(parts) != 3 or parts[0] != "BEGIN" or not _small_number(parts[1], 9):
+        raise EvidenceError(f"bad EVENTLOG header: {header[:120]!r}")
     size, digest = int(parts[1]), parts[2].lower()
     chunks: list[str] = []
     while index < len(body) and body[index] != "EVENTLOG END":
@@ -150,8 +150,8 @@ def _read_eventlog(header: str, body: Sequence[str], index: int) -> tuple[bytes,
 
 def _pcr_line(line: str) -> tuple[str, int, str]:
     parts = line.split()
-    if len(parts) != 4 or not parts[2].isdigit():
-        raise EvidenceError(f"bad PCR line: {line!r}")
+    if len(parts) != 4 or not _small_number(parts[2], 2):
+        raise EvidenceError(f"bad PCR line: {line[:120]!r}")
     value = parts[3].lower()
     try:
         bytes.fromhex(value)
@@ -160,18 +160,27 @@ def _pcr_line(line: str) -> tuple[str, int, str]:
     return parts[1].lower(), int(parts[2]), value
 
 
+def _small_number(text: str, digits: int) -> bool:
+    """Decimal digits only, at most `digits` of them (int() of hostile text stays cheap)."""
+    return text.isascii() and text.isdigit() and len(text) <= digits
+
+
 def reset_value(pcr: int, size: int) -> str:
     return ("ff" if pcr in DRTM_PCRS else "00") * size
 
 
 def check_replay(evidence: Evidence) -> ReplayCheck:
     """Replay the log with the project's parser and compare with every bank's PCRs."""
+    from verifier.evidence.errors import EventLogMalformed
     from verifier.evidence.eventlog import parse_event_log, replay
 
-    replayed = {
-        bank.bank_name: values
-        for bank, values in replay(parse_event_log(evidence.eventlog)).pcrs.items()
-    }
+    try:
+        replayed = {
+            bank.bank_name: values
+            for bank, values in replay(parse_event_log(evidence.eventlog)).pcrs.items()
+        }
+    except EventLogMalformed as exc:
+        raise EvidenceError(f"the guest's event log does not parse: {exc.reason}") from None
     check = ReplayCheck()
     for bank in sorted(set(replayed) ^ set(evidence.pcrs)):
         check.missing_banks.append(bank)
@@ -317,7 +326,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for mode in args.mode or [m.value for m in BootMode]:
         try:
             manifest = record(BootMode(mode), args.out / mode, args.cache, timeout=args.timeout)
-        except (EvidenceError, qemu.BootError, packages.PackageError, esp.EspError) as exc:
+        except (
+            EvidenceError,
+            qemu.BootError,
+            packages.PackageError,
+            esp.EspError,
+            PeImageMalformed,
+            VariableStoreMalformed,
+        ) as exc:
             print(f"{mode}: FAILED: {exc}", file=sys.stderr)
             status = 1
             continue

@@ -176,6 +176,8 @@ def agent_image(files: BootFiles, cache: Path = DEFAULT_CACHE) -> Path:
 
 def guest_image(base: Path, node_id: str, folder: Path) -> Path:
     """Step 3: a guest's own copy of the image, its host name set to `node_id`."""
+    if any(c.isspace() for c in str(folder)):  # debugfs -R splits its request on spaces
+        raise RootfsError(f"{folder}: the guest folder's path cannot hold white space")
     image = folder / f"{node_id}.img"
     _run(["cp", "--sparse=always", str(base), str(image)], "copy of the root image")
     hostname = folder / f"{node_id}.hostname"

@@ -26,21 +26,17 @@ _sym_db = _symbol_database.Default()
 from lightgate.wire.containerd import task_pb2 as containerd_dot_types_dot_task_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(containerd/services/tasks/v1/tasks.proto\x12\x1c\x63ontainerd.services.tasks.v1\x1a containerd/types/task/task.proto\"3\n\nGetRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xec_id\x18\x02 \x01(\t\"<\n\x0bGetResponse\x12-\n\x07process\x18\x01 \x01(\x0b\x32\x1c.containerd.v1.types.Process\"\"\n\x10ListTasksRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\"@\n\x11ListTasksResponse\x12+\n\x05tasks\x18\x01 \x03(\x0b\x32\x1c.containerd.v1.types.Process2\xcc\x01\n\x05Tasks\x12Z\n\x03Get\x12(.containerd.services.tasks.v1.GetRequest\x1a).containerd.services.tasks.v1.GetResponse\x12g\n\x04List\x12..containerd.services.tasks.v1.ListTasksRequest\x1a/.containerd.services.tasks.v1.ListTasksResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(containerd/services/tasks/v1/tasks.proto\x12\x1c\x63ontainerd.services.tasks.v1\x1a containerd/types/task/task.proto\"\"\n\x10ListTasksRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\"@\n\x11ListTasksResponse\x12+\n\x05tasks\x18\x01 \x03(\x0b\x32\x1c.containerd.v1.types.Process2p\n\x05Tasks\x12g\n\x04List\x12..containerd.services.tasks.v1.ListTasksRequest\x1a/.containerd.services.tasks.v1.ListTasksResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lightgate.wire.containerd.tasks_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETREQUEST']._serialized_start=108
-  _globals['_GETREQUEST']._serialized_end=159
-  _globals['_GETRESPONSE']._serialized_start=161
-  _globals['_GETRESPONSE']._serialized_end=221
-  _globals['_LISTTASKSREQUEST']._serialized_start=223
-  _globals['_LISTTASKSREQUEST']._serialized_end=257
-  _globals['_LISTTASKSRESPONSE']._serialized_start=259
-  _globals['_LISTTASKSRESPONSE']._serialized_end=323
-  _globals['_TASKS']._serialized_start=326
-  _globals['_TASKS']._serialized_end=530
+  _globals['_LISTTASKSREQUEST']._serialized_start=108
+  _globals['_LISTTASKSREQUEST']._serialized_end=142
+  _globals['_LISTTASKSRESPONSE']._serialized_start=144
+  _globals['_LISTTASKSRESPONSE']._serialized_end=208
+  _globals['_TASKS']._serialized_start=210
+  _globals['_TASKS']._serialized_end=322
 # @@protoc_insertion_point(module_scope)

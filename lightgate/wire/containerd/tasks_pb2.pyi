@@ -23,48 +23,6 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
-class GetRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    CONTAINER_ID_FIELD_NUMBER: _builtins.int
-    EXEC_ID_FIELD_NUMBER: _builtins.int
-    container_id: _builtins.str
-    exec_id: _builtins.str
-    def __init__(
-        self,
-        *,
-        container_id: _builtins.str = ...,
-        exec_id: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "exec_id", b"exec_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetRequest: _TypeAlias = GetRequest  # noqa: Y015
-
-@_typing.final
-class GetResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    PROCESS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def process(self) -> _task_pb2.Process: ...
-    def __init__(
-        self,
-        *,
-        process: _task_pb2.Process | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["process", b"process"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["process", b"process"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetResponse: _TypeAlias = GetResponse  # noqa: Y015
-
-@_typing.final
 class ListTasksRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

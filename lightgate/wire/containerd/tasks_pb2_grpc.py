@@ -35,11 +35,6 @@ class TasksStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Get = channel.unary_unary(
-                '/containerd.services.tasks.v1.Tasks/Get',
-                request_serializer=containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.GetRequest.SerializeToString,
-                response_deserializer=containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.GetResponse.FromString,
-                _registered_method=True)
         self.List = channel.unary_unary(
                 '/containerd.services.tasks.v1.Tasks/List',
                 request_serializer=containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.ListTasksRequest.SerializeToString,
@@ -50,12 +45,6 @@ class TasksStub:
 class TasksServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Get(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def List(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -65,11 +54,6 @@ class TasksServicer:
 
 def add_TasksServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Get': grpc.unary_unary_rpc_method_handler(
-                    servicer.Get,
-                    request_deserializer=containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.GetRequest.FromString,
-                    response_serializer=containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.GetResponse.SerializeToString,
-            ),
             'List': grpc.unary_unary_rpc_method_handler(
                     servicer.List,
                     request_deserializer=containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.ListTasksRequest.FromString,
@@ -85,33 +69,6 @@ def add_TasksServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Tasks:
     """Missing associated documentation comment in .proto file."""
-
-    @staticmethod
-    def Get(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/containerd.services.tasks.v1.Tasks/Get',
-            containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.GetRequest.SerializeToString,
-            containerd_dot_services_dot_tasks_dot_v1_dot_tasks__pb2.GetResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
 
     @staticmethod
     def List(request,

@@ -34,23 +34,14 @@ class TasksStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TasksAsyncStub: ...
-    Get: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.GetRequest, _tasks_pb2.GetResponse]
     List: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.ListTasksRequest, _tasks_pb2.ListTasksResponse]
 
 @_typing.type_check_only
 class TasksAsyncStub(TasksStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
-    Get: _aio.UnaryUnaryMultiCallable[_tasks_pb2.GetRequest, _tasks_pb2.GetResponse]  # type: ignore[assignment]
     List: _aio.UnaryUnaryMultiCallable[_tasks_pb2.ListTasksRequest, _tasks_pb2.ListTasksResponse]  # type: ignore[assignment]
 
 class TasksServicer(metaclass=_abc_1.ABCMeta):
-    @_abc_1.abstractmethod
-    def Get(
-        self,
-        request: _tasks_pb2.GetRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_tasks_pb2.GetResponse, _abc.Awaitable[_tasks_pb2.GetResponse]]: ...
-
     @_abc_1.abstractmethod
     def List(
         self,

@@ -268,3 +268,15 @@ def test_the_guest_image_leaves_out_what_the_agent_never_imports() -> None:
         "yaml",
     ):
         assert not _excluded(name), name
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["EVENTLOG BEGIN " + "9" * 5000 + " ab", "EVENTLOG BEGIN ١٢ ab"],
+)
+def test_hostile_evidence_numbers_are_refused_cheaply(line: str) -> None:
+    from lightgate.sim.realboot.record import EvidenceError, parse_evidence
+
+    raw = f"LIGHTGATE-EVIDENCE BEGIN\n{line}\nEVENTLOG END\nLIGHTGATE-EVIDENCE END\n"
+    with pytest.raises(EvidenceError, match="bad EVENTLOG header"):
+        parse_evidence(raw.encode())

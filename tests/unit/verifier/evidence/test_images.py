@@ -13,6 +13,7 @@ from verifier.evidence.images import (
     ImageRecord,
     encode_image_event,
     parse_image_event,
+    reported_name,
     repository_of,
 )
 
@@ -86,3 +87,26 @@ def test_the_encoding_is_what_json_dumps_writes(name: str) -> None:
         record.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
     ).encode("utf-8")
     assert encode_image_event(record) == expected
+
+
+@pytest.mark.parametrize(
+    ("reference", "repository"),
+    [
+        ("index.docker.io/team/app:1", "docker.io/team/app"),
+        ("index.docker.io/busybox", "docker.io/library/busybox"),
+        ("Registry.Example/team/web:2", "registry.example/team/web"),
+        ("LOCALHOST/web", "localhost/web"),
+    ],
+)
+def test_registry_hosts_are_compared_as_docker_compares_them(
+    reference: str, repository: str
+) -> None:
+    assert repository_of(reference) == repository
+
+
+def test_a_name_a_record_cannot_hold_is_escaped_not_refused() -> None:
+    # One strange container must not stop the agent measuring the others.
+    assert reported_name("registry.example/web:1") == "registry.example/web:1"
+    odd = reported_name("web\n\x00" + "x" * 600)
+    assert odd.startswith("web\\n\\x00") and len(odd) == 512
+    ImageRecord(odd, None, "docker")  # a valid record

@@ -141,3 +141,12 @@ def test_debian_boot_binaries_hash_as_pesign_hashes_them(path: Path) -> None:
     )
     expected = done.stdout.split("hash:")[1].split()[0]
     assert authenticode_digest(path.read_bytes()).hex() == expected
+
+
+def test_headers_ending_inside_the_skipped_fields_are_refused() -> None:
+    image = bytearray(build_pe([b"\x90" * 700]))
+    layout = pe_layout(bytes(image))
+    optional = layout.checksum_offset - 64
+    struct.pack_into("<I", image, optional + 60, layout.checksum_offset)  # SizeOfHeaders
+    with pytest.raises(PeImageMalformed, match="SizeOfHeaders"):
+        authenticode_digest(bytes(image))
