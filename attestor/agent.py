@@ -30,8 +30,8 @@ from pathlib import Path
 import grpc
 
 from attestor.collect.boot_log import read_boot_log
-from attestor.collect.containers import ContainerRuntimeError
 from attestor.collect.images import images_in_use
+from attestor.collect.runtime import ContainerRuntimeError
 from attestor.collect.runtime_log import AssetTagUnusable, RuntimeLog, asset_tag_bytes
 from attestor.credentials import CredentialClient
 from attestor.source_address import SourceAddressRelay, split_host_port

@@ -21,8 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from lightgate import logs, sdnotify
-from lightgate.cli_boot import eventlog_app, golden_app
+from lightgate.cli_boot import eventlog_app
 from lightgate.cli_common import CliError, ConfigOption, JsonOption, err, fail, out
+from lightgate.cli_golden import golden_app
 from lightgate.cli_node import admin_app, node_app
 from lightgate.cli_policy import policy_app
 from lightgate.cli_report import report
@@ -318,6 +319,10 @@ def sim_run(
 
 
 def _run_vms(plan: list[str], as_json: bool, workdir: Path | None) -> None:
+    from lightgate.sim.realboot.esp import EspError
+    from lightgate.sim.realboot.packages import PackageError
+    from lightgate.sim.realboot.qemu import BootError
+    from lightgate.sim.realboot.rootfs import RootfsError
     from lightgate.sim.realboot.vm import GuestError, check_plan, run_guests
 
     check_plan(plan)
@@ -327,7 +332,7 @@ def _run_vms(plan: list[str], as_json: bool, workdir: Path | None) -> None:
 
     try:
         results = run_guests(plan, workdir=workdir, progress=progress)
-    except GuestError as exc:
+    except (GuestError, BootError, RootfsError, PackageError, EspError) as exc:
         fail(str(exc))
     if as_json:
         out.print_json(json.dumps({"nodes": [r.to_json() for r in results]}))

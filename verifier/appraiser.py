@@ -85,7 +85,7 @@ class EvidenceAppraiser:
             BoundedCache(16, 16)
         )
         self._image_verdicts: BoundedCache[
-            tuple[bytes, int], tuple[ImageAllowList, tuple[ImageVerdict, ...]]
+            tuple[bytes, tuple[tuple[str, bytes], ...]], tuple[ImageVerdict, ...]
         ] = BoundedCache(boot.replay_cache_entries, boot.replay_cache_bytes)
         location = config.location
         self._sites = SiteTable.from_rules(location.sites)
@@ -144,10 +144,9 @@ class EvidenceAppraiser:
         )
         location = self._location(node.node_id, runtime, record.peer, metadata, references)
         banks = [bank.bank_name for bank in verified.pcr_values.banks]
-        allowed = self._allow_list(
-            tuple(g for g in references.golden if not g.expired(record.received_at))
+        allowed, images = self._image_appraisal(
+            runtime, tuple(g for g in references.golden if not g.expired(record.received_at))
         )
-        images = self._images(runtime, allowed)
         partial = policy_input(facts, boot, runtime, location, banks, images, allowed)
         appraisal = decide(references.policy, partial, boot, location_site(location))
         if node.trust_state == TRUST_REVOKED:
@@ -157,29 +156,25 @@ class EvidenceAppraiser:
             return replace(signed, clock=verified.clock_info, rebooted=verified.rebooted)
         return signed
 
-    def _allow_list(self, documents: tuple[GoldenValues, ...]) -> ImageAllowList:
-        """The image allow-list of the documents in force, kept by their digests."""
-        key = tuple((g.name, g.digest) for g in documents)
-        known = self._allow_lists.get(key)
-        if known is None:
-            known = allow_list(documents)
-            self._allow_lists.put(key, known, 1)
-        return known
-
-    def _images(
-        self, runtime: VerifiedRuntimeLog, allowed: ImageAllowList
-    ) -> tuple[ImageVerdict, ...]:
-        """Verdicts on the measured images, kept by the log and the allow-list (a node
-        sends the same log until it starts a container from a new image)."""
+    def _image_appraisal(
+        self, runtime: VerifiedRuntimeLog, documents: tuple[GoldenValues, ...]
+    ) -> tuple[ImageAllowList, tuple[ImageVerdict, ...]]:
+        """The allow-list of the documents in force and the verdicts on the measured
+        images, each kept by what it depends on: the documents' digests, and the log with
+        them (a node sends the same log until a container uses a new image)."""
+        documents_key = tuple((g.name, g.digest) for g in documents)
+        allowed = self._allow_lists.get(documents_key)
+        if allowed is None:
+            allowed = allow_list(documents)
+            self._allow_lists.put(documents_key, allowed, 1)
         if not runtime.images:
-            return ()
-        key = (runtime.sha256 or b"", id(allowed))
-        known = self._image_verdicts.get(key)
-        if known is None or known[0] is not allowed:
+            return allowed, ()
+        key = (runtime.sha256 or b"", documents_key)
+        verdicts = self._image_verdicts.get(key)
+        if verdicts is None:
             verdicts = appraise_images(runtime.images, allowed)
-            known = (allowed, verdicts)
-            self._image_verdicts.put(key, known, len(runtime.images))
-        return known[1]
+            self._image_verdicts.put(key, verdicts, len(runtime.images))
+        return allowed, verdicts
 
     def _location(
         self,

@@ -18,17 +18,24 @@ task: a round is Containers/List and Images/List, whatever the container count.
 
 from __future__ import annotations
 
-import enum
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final
 
 import grpc
 
+from attestor.collect.runtime import (
+    ContainerRecordMalformed,
+    ContainerRuntimeApiFailed,
+    ContainerRuntimeError,
+    ContainerRuntimeUnavailable,
+    RunningContainer,
+    TaskStatus,
+    require_socket,
+)
 from lightgate.wire.containerd import (
     containers_pb2,
     containers_pb2_grpc,
@@ -38,44 +45,29 @@ from lightgate.wire.containerd import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
-from verifier.evidence.images import ImageRecord, reported_name
+from verifier.evidence.images import DIGEST, ImageRecord, reported_name
+
+__all__ = [  # the runtime-neutral records and errors, as this source's callers know them
+    "ContainerRecordMalformed",
+    "ContainerRuntimeApiFailed",
+    "ContainerRuntimeError",
+    "ContainerRuntimeUnavailable",
+    "RunningContainer",
+    "TaskStatus",
+    "image_target",
+    "image_targets",
+    "listed_images",
+    "running_container",
+    "running_images",
+    "task_statuses",
+]
 
 log = logging.getLogger("lightgate.agent")
 
 #: The gRPC metadata key containerd reads the namespace from (containerd/namespaces/grpc.go).
 NAMESPACE_METADATA_KEY: Final = "containerd-namespace"
 DEFAULT_TIMEOUT_SECONDS: Final = 5.0
-#: OCI image-spec digests this agent reports; containerd's content store addresses by sha256.
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _NAMESPACE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
-
-
-class ContainerRuntimeError(Exception):
-    """containerd could not tell the agent which containers run here."""
-
-
-class ContainerRuntimeUnavailable(ContainerRuntimeError):
-    """No containerd answers on the socket (absent, not a socket, refused or timed out)."""
-
-
-class ContainerRuntimeApiFailed(ContainerRuntimeError):
-    """containerd answered a call with an error status."""
-
-
-class ContainerRecordMalformed(ContainerRuntimeError):
-    """containerd returned a record the agent cannot report (e.g. a digest not sha256:hex)."""
-
-
-class TaskStatus(enum.StrEnum):
-    """containerd.v1.types.Status of a container's task, or NO_TASK when it has none."""
-
-    UNKNOWN = "unknown"
-    CREATED = "created"
-    RUNNING = "running"
-    STOPPED = "stopped"
-    PAUSED = "paused"
-    PAUSING = "pausing"
-    NO_TASK = "no_task"
 
 
 _STATUS_BY_WIRE: Final[Mapping[int, TaskStatus]] = {
@@ -86,30 +78,6 @@ _STATUS_BY_WIRE: Final[Mapping[int, TaskStatus]] = {
     task_pb2.PAUSED: TaskStatus.PAUSED,
     task_pb2.PAUSING: TaskStatus.PAUSING,
 }
-
-
-@dataclass(frozen=True)
-class RunningContainer:
-    """One container of the namespace, as containerd records it.
-
-    `image_digest` is the target digest ("sha256:<hex>") of the image record named
-    `image_name`, and `image_media_type` says whether that is a manifest or an index.  Both
-    are None when the container names no image (made from a bare rootfs) or the image record
-    is gone (deleted after the container was made): the verifier must treat such a
-    container as running unknown content.
-    """
-
-    container_id: str
-    image_name: str
-    image_digest: str | None
-    image_media_type: str | None
-    task_status: TaskStatus
-    runtime: str = "containerd"  # the source read: containerd, docker or podman
-
-    @property
-    def started(self) -> bool:
-        """The container has (or had) a process: its image's content has been run."""
-        return self.task_status is not TaskStatus.NO_TASK
 
 
 # --- pure functions: containerd responses to records -------------------------------------
@@ -135,7 +103,7 @@ def image_target(image: images_pb2.Image | None) -> tuple[str, str] | None:
     if image is None:
         return None
     digest = image.target.digest
-    if not _DIGEST.fullmatch(digest):
+    if not DIGEST.fullmatch(digest):
         raise ContainerRecordMalformed(
             f"image {image.name!r}: target digest {digest!r} is not sha256:<64 hex digits>"
         )
@@ -190,17 +158,9 @@ class ContainerdClient:
     ) -> None:
         if not _NAMESPACE.fullmatch(namespace):
             raise ValueError(f"{namespace!r} is not a containerd namespace name")
-        socket_path = socket_path.absolute()
-        try:
-            is_socket = socket_path.is_socket()
-            what = "not a socket" if socket_path.exists() else "nothing"
-        except OSError as exc:  # e.g. EACCES on a parent directory: not ours to read
-            raise ContainerRuntimeUnavailable(f"no containerd at {socket_path}: {exc}") from exc
-        if not is_socket:
-            raise ContainerRuntimeUnavailable(
-                f"no containerd at {socket_path}: {what} there (is containerd running, "
-                "and is this its --address?)"
-            )
+        socket_path = require_socket(
+            socket_path, "containerd", "is containerd running, and is this its --address?"
+        )
         self.socket_path = socket_path
         self.namespace = namespace
         self.timeout = timeout

@@ -31,13 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-from attestor.collect.containers import (
+from attestor.collect.runtime import (
     ContainerRecordMalformed,
     ContainerRuntimeApiFailed,
     ContainerRuntimeError,
     ContainerRuntimeUnavailable,
     RunningContainer,
     TaskStatus,
+    require_socket,
 )
 from verifier.evidence.images import DIGEST, repository_of
 
@@ -276,17 +277,9 @@ class EngineClient:
     ) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime {runtime!r} is not one of {sorted(RUNTIMES)}")
-        socket_path = socket_path.absolute()
-        try:
-            is_socket = socket_path.is_socket()
-            what = "not a socket" if socket_path.exists() else "nothing"
-        except OSError as exc:  # e.g. EACCES on a parent directory: not ours to read
-            raise ContainerRuntimeUnavailable(f"no {runtime} at {socket_path}: {exc}") from exc
-        if not is_socket:
-            raise ContainerRuntimeUnavailable(
-                f"no {runtime} at {socket_path}: {what} there (is the {runtime} API service "
-                "running, and is this its socket?)"
-            )
+        socket_path = require_socket(
+            socket_path, runtime, f"is the {runtime} API service running, and is this its socket?"
+        )
         self.socket_path = socket_path
         self.runtime = runtime
         self.timeout = timeout

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from verifier.evidence.images import ImageRecord, reported_name
 
 if TYPE_CHECKING:
-    from attestor.collect.containers import RunningContainer
+    from attestor.collect.runtime import RunningContainer
     from lightgate.config import ContainerSource
 
 

@@ -162,12 +162,13 @@ def source_address(site: str, index: int) -> str:
 
 
 @contextlib.contextmanager
-def _workdir(keep: Path | None) -> Iterator[Path]:
+def run_folder(keep: Path | None, prefix: str = "lightgate-sim-") -> Iterator[Path]:
+    """`keep` (made if needed, left afterwards), or a temporary folder removed afterwards."""
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
         yield keep
         return
-    path = Path(tempfile.mkdtemp(prefix="lightgate-sim-"))
+    path = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         yield path
     finally:
@@ -186,7 +187,7 @@ def run_fleet(
     check_plan(plan)
     note = progress or (lambda _msg: None)
     scenarios = [SCENARIOS[name] for name in plan]
-    with _workdir(workdir) as root, contextlib.ExitStack() as stack:
+    with run_folder(workdir) as root, contextlib.ExitStack() as stack:
         trusted_ca = SimulatorCA(root / "ca-sim")
         rogue_ca = SimulatorCA(root / "ca-rogue")
         nodes = [f"node-{i:02d}" for i in range(len(scenarios))]

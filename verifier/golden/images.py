@@ -20,6 +20,8 @@ from verifier.evidence.images import DIGEST, ImageRecord, repository_of
 from verifier.golden.values import (
     IMAGES_ALLOWED,
     IMAGES_REPOSITORY,
+    KIND,
+    VERSION,
     GoldenValues,
     GoldenValuesInvalid,
     from_document,
@@ -125,8 +127,8 @@ def allow_list_document(
     if not reference:
         raise GoldenValuesInvalid("give at least one image (reference@digest) or digest")
     document = {
-        "kind": "lightgate/golden-values",
-        "version": 1,
+        "kind": KIND,
+        "version": VERSION,
         "name": name,
         "provenance": dict(provenance or {}),
         "reference": reference,

@@ -71,6 +71,7 @@ class GoldenValues:
     # Computed once when made: every attestation compares against them.
     _digest: bytes = field(default=b"", init=False, repr=False, compare=False)
     _valid_until: datetime | None = field(default=None, init=False, repr=False, compare=False)
+    _judges_boot: bool = field(default=False, init=False, repr=False, compare=False)
 
     def to_document(self) -> dict[str, object]:
         return {
@@ -91,6 +92,8 @@ class GoldenValues:
         reference = self.to_document()["reference"]
         canonical = json.dumps(reference, sort_keys=True, separators=(",", ":"))
         object.__setattr__(self, "_digest", hashlib.sha256(canonical.encode()).digest())
+        judges_boot = any(not is_image_name(claim) for claim in self.reference)
+        object.__setattr__(self, "_judges_boot", judges_boot)
 
     @property
     def valid_until(self) -> datetime | None:
@@ -105,7 +108,7 @@ class GoldenValues:
     @property
     def judges_boot(self) -> bool:
         """Names at least one boot claim (not only images)."""
-        return any(not is_image_name(claim) for claim in self.reference)
+        return self._judges_boot
 
     @property
     def digest(self) -> bytes:

@@ -165,7 +165,7 @@ def qemu_argv(
     ]
 
 
-def _wait_for_socket(path: Path, process: subprocess.Popen[bytes], timeout: float) -> None:
+def wait_for_socket(path: Path, process: subprocess.Popen[bytes], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if process.poll() is not None:
@@ -175,7 +175,7 @@ def _wait_for_socket(path: Path, process: subprocess.Popen[bytes], timeout: floa
         time.sleep(0.05)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.terminate()
         try:
@@ -223,7 +223,7 @@ def boot(
     )
     swtpm = subprocess.Popen(tpm_argv, stdin=subprocess.DEVNULL)
     try:
-        _wait_for_socket(tpm_socket, swtpm, 10.0)
+        wait_for_socket(tpm_socket, swtpm, 10.0)
         started = time.monotonic()
         qemu_out = workdir / "qemu.stderr"
         with qemu_out.open("wb") as stderr:
@@ -235,10 +235,10 @@ def boot(
                     f"{mode} boot did not power off within {timeout} s; see {console_log}"
                 ) from None
             finally:
-                _stop(vm)  # on a timeout, an error or Ctrl-C alike
+                stop(vm)  # on a timeout, an error or Ctrl-C alike
         seconds = time.monotonic() - started
     finally:
-        _stop(swtpm)
+        stop(swtpm)
     if returncode != 0:
         raise BootError(f"QEMU exited with {returncode}: {qemu_out.read_text(errors='replace')}")
     return BootResult(

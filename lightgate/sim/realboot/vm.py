@@ -22,9 +22,8 @@ import json
 import logging
 import shutil
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from lightgate.config import (
 )
 from lightgate.sim.boot import import_golden
 from lightgate.sim.firmware import FIXTURES_DIR
+from lightgate.sim.fleet import run_folder
 from lightgate.sim.realboot import esp, initramfs, packages, qemu, rootfs
 from lightgate.sim.realboot.qemu import BootMode
 from lightgate.sim.realboot.record import record
@@ -165,7 +165,7 @@ def run_guests(
     if why is not None:
         raise GuestError(why)
     note = progress or (lambda _message: None)
-    with _workdir(workdir) as root, contextlib.ExitStack() as stack:
+    with run_folder(workdir, prefix="lightgate-vm-") as root, contextlib.ExitStack() as stack:
         files = packages.fetch()
         started = time.monotonic()
         image = rootfs.agent_image(files)
@@ -245,7 +245,7 @@ def _run_guest(
     )
     vm: subprocess.Popen[bytes] | None = None
     try:
-        _wait_for(tpm_socket, tpm)
+        qemu.wait_for_socket(tpm_socket, tpm, 10.0)
         argv = qemu.qemu_argv(
             code=code,
             vars_copy=vars_copy,
@@ -264,13 +264,8 @@ def _run_guest(
         seconds = round(time.monotonic() - booted, 1)
     finally:
         for process in (vm, tpm):
-            if process is not None and process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            if process is not None:
+                qemu.stop(process)
     tail = (
         "\n".join(console.read_text(errors="replace").splitlines()[-25:])
         if console.exists()
@@ -328,24 +323,3 @@ def _first_result(
             return None
         time.sleep(1.0)
     return None
-
-
-def _wait_for(path: Path, process: subprocess.Popen[bytes], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise GuestError(f"swtpm did not serve {path}")
-        time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def _workdir(keep: Path | None) -> Iterator[Path]:
-    if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
-        yield keep
-        return
-    path = Path(tempfile.mkdtemp(prefix="lightgate-vm-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
