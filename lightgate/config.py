@@ -3,23 +3,52 @@
 Sources, strongest first: environment (`LIGHTGATE_VERIFIER_*` / `LIGHTGATE_AGENT_*`,
 nested keys joined by `__`, e.g. `LIGHTGATE_VERIFIER_ENROLLMENT__MODE=join-token`),
 then the YAML file given with `--config`, then the defaults below.
+
+The agent's configuration lives in `lightgate.agent_config` (no pydantic: the agent on
+every node stays small) and is re-exported here.
 """
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import ClassVar, Literal, overload
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from lightgate.agent_config import (
+    DEFAULT_RUNTIME_PCR,
+    AgentConfig,
+    ConfigError,
+    ContainerRuntime,
+    ContainerSource,
+    load_agent_config,
+    read_yaml_mapping,
+)
 from verifier.evidence.tpm_structures import HashAlg, PcrSelection
 
-
-class ConfigError(Exception):
-    """The configuration file or environment is invalid; the message says where."""
+__all__ = [
+    # The agent's, re-exported from lightgate.agent_config.
+    "DEFAULT_RUNTIME_PCR",
+    "AgentConfig",
+    "ConfigError",
+    "ContainerRuntime",
+    "ContainerSource",
+    # The verifier's.
+    "AdminConfig",
+    "AdminToken",
+    "AdmissionConfig",
+    "AttestationConfig",
+    "EnrollmentConfig",
+    "EnrollmentMode",
+    "LocationConfig",
+    "MeasuredBootConfig",
+    "PolicyConfig",
+    "ResultsConfig",
+    "SiteRule",
+    "VerifierConfig",
+    "load_config",
+]
 
 
 class _EnvFirst(BaseSettings):
@@ -119,13 +148,6 @@ class MeasuredBootConfig(BaseModel):
         if any(not 0 <= pcr <= 23 for pcr in value) or len(set(value)) != len(value):
             raise ValueError("log_pcrs must be distinct PCR indices 0-23")
         return value
-
-
-#: The PCR the agent extends with its runtime events (asset tag, container images).  PCRs
-#: 0-15 cannot be reset at locality 0; 0-7 are the firmware's, 8-9 grub's, 10 IMA's and
-#: 14 shim's; 11, 12 and 15 hold systemd-stub and systemd measurements on UKI boots.
-#: 13 is used only by systemd-stub for system-extension images of a UKI's initrd.
-DEFAULT_RUNTIME_PCR = 13
 
 
 class SiteRule(BaseModel):
@@ -303,69 +325,17 @@ class VerifierConfig(_EnvFirst):
         return self.database_url or f"sqlite:///{self.state_dir / 'verifier.db'}"
 
 
-ContainerRuntime = Literal["containerd", "docker", "podman"]
-
-
-class ContainerSource(BaseModel):
-    """A container runtime whose containers' images the agent measures (its own API on
-    its Unix socket: containerd's gRPC API, or the Engine API of Docker or Podman)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    runtime: ContainerRuntime
-    socket: Path
-    # containerd only: the namespace read (Kubernetes' CRI uses k8s.io, Docker moby).
-    namespace: str = "k8s.io"
-
-
-class AgentConfig(_EnvFirst):
-    model_config = SettingsConfigDict(
-        env_prefix="LIGHTGATE_AGENT_", env_nested_delimiter="__", extra="forbid"
-    )
-
-    node_id: str = Field(default_factory=socket.gethostname)
-    verifier: str = "127.0.0.1:50051"
-    tls_ca: Path | None = None
-    tls_server_name: str | None = None
-    tcti: str = "device:/dev/tpmrm0"
-    ek_kind: Literal["rsa", "ecc"] = "rsa"
-    ak_algorithm: Literal["ecc", "rsa"] = "ecc"
-    state_dir: Path = Path("/var/lib/lightgate-attestor")
-    join_token: str | None = None
-    interval_seconds: float = Field(default=30.0, gt=0)
-    rpc_timeout_seconds: float = Field(default=10.0, gt=0)
-    backoff_initial_seconds: float = Field(default=1.0, gt=0)
-    backoff_max_seconds: float = Field(default=60.0, gt=0)
-    # The UEFI measured-boot log; None sends none (the verifier may then refuse).
-    event_log: Path | None = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
-    # The PCR for runtime events (asset tag, images); see DEFAULT_RUNTIME_PCR.
-    runtime_pcr: int = Field(default=DEFAULT_RUNTIME_PCR, ge=0, le=15)
-    # Connect to the verifier from this local address (multi-homed nodes; the
-    # simulator gives each node its own loopback address).
-    source_address: str | None = None
-    # Keep a certificate for a TPM-bound key in the state directory (certificate.pem,
-    # ca.pem), renewed at half its life while the node is affirming.
-    certificate: bool = False
-    # Container runtimes to read before each quote: every image a container started
-    # from is measured into the runtime PCR once per boot.  None configured: no images.
-    containers: list[ContainerSource] = Field(default_factory=list)
-    container_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
-
-
-Settings = TypeVar("Settings", VerifierConfig, AgentConfig)
-
-
-def load_config(kind: type[Settings], path: Path | None) -> Settings:
+@overload
+def load_config(kind: type[VerifierConfig], path: Path | None) -> VerifierConfig: ...
+@overload
+def load_config(kind: type[AgentConfig], path: Path | None) -> AgentConfig: ...
+def load_config(
+    kind: type[VerifierConfig] | type[AgentConfig], path: Path | None
+) -> VerifierConfig | AgentConfig:
     """Read the YAML file (if any), overlay the environment, validate."""
-    document: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read {path}: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-        document = loaded or {}
+    if issubclass(kind, AgentConfig):
+        return load_agent_config(path)
+    document = {} if path is None else read_yaml_mapping(path)
     try:
         return kind(**document)
     except ValueError as exc:

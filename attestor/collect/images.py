@@ -21,7 +21,7 @@ from verifier.evidence.images import ImageRecord, reported_name
 
 if TYPE_CHECKING:
     from attestor.collect.runtime import RunningContainer
-    from lightgate.config import ContainerSource
+    from lightgate.agent_config import ContainerSource
 
 
 def images_to_measure(containers: Iterable[RunningContainer]) -> list[ImageRecord]:

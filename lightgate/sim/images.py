@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from attestor.agent import Agent
-from lightgate.config import ContainerSource
+from lightgate.agent_config import ContainerSource
 from lightgate.sim.containerd import (
     Containerd,
     OciImage,
