@@ -21,15 +21,20 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
-
+from attestor.csr import build_csr
 from attestor.state_files import write_atomic
-from attestor.tpm import AkBlobs, BoundKeyBlobs, Tpm
-from verifier.evidence.certify import KeyCertification
+from attestor.tpm import AkBlobs, BoundKeyBlobs, Tpm, TpmError
+from verifier.evidence.errors import TpmStructureMalformed
+from verifier.evidence.tpm_public import parse_public
+from verifier.evidence.tpm_structures import Alg, parse_signature
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from verifier.evidence.certify import KeyCertification
 
 log = logging.getLogger("lightgate.agent")
 
@@ -57,9 +62,23 @@ class BoundKey:
         return self.tpm.certify_bound_key(ak, self.blobs, nonce)
 
     def csr(self, node_id: str) -> bytes:
-        """A DER PKCS#10 request for this key naming the node, signed in the TPM."""
-        request = self.tpm.sign_csr(self.blobs, csr_builder(node_id))
-        return request.public_bytes(serialization.Encoding.DER)
+        """A DER PKCS#10 request for this key naming the node (`csr_builder`'s subject
+        and name), signed in the TPM with ECDSA-SHA256 (`attestor.csr`)."""
+        check_common_name(node_id)
+        try:
+            public = parse_public(self.blobs.tpmt_public)
+        except TpmStructureMalformed as exc:
+            raise TpmError(f"the persisted bound key is corrupt: {exc}") from None
+        return build_csr(node_id, node_uri(node_id), public, self._sign_digest)
+
+    def _sign_digest(self, digest: bytes) -> tuple[bytes, bytes]:
+        try:
+            signature = parse_signature(self.tpm.sign(self.blobs, digest))
+        except TpmStructureMalformed as exc:
+            raise TpmError(f"TPM2_Sign with the bound key: {exc}") from None
+        if signature.sig_alg != Alg.ECDSA:
+            raise TpmError("TPM2_Sign with the bound key did not return an ECDSA signature")
+        return signature.ecdsa_r, signature.ecdsa_s
 
 
 def node_uri(node_id: str) -> str:
@@ -68,16 +87,23 @@ def node_uri(node_id: str) -> str:
     return NODE_URI_PREFIX + quote(node_id, safe=":@!$&'()*+,;=-._~")
 
 
-def csr_builder(node_id: str) -> x509.CertificateSigningRequestBuilder:
-    """Subject CN = node id, SAN URI = node_uri(node id); raises ValueError for a node
-    id that cannot be a common name (empty, longer than 64 characters).  A DNS SAN is
-    not requested: node ids may hold ':' and '@', and naming a host is the issuer's
-    decision."""
+def check_common_name(node_id: str) -> None:
+    """ValueError for a node id that cannot be a common name (empty, over 64 characters)."""
     if not 0 < len(node_id) <= MAX_COMMON_NAME:
         raise ValueError(
             f"node id {node_id!r} cannot be a certificate's common name "
             f"(1 to {MAX_COMMON_NAME} characters)"
         )
+
+
+def csr_builder(node_id: str) -> x509.CertificateSigningRequestBuilder:
+    """The request `BoundKey.csr` writes, as a cryptography builder (for software keys):
+    subject CN = node id, SAN URI = node_uri(node id).  A DNS SAN is not requested: node
+    ids may hold ':' and '@', and naming a host is the issuer's decision."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    check_common_name(node_id)
     return (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id)]))

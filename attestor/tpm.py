@@ -1,7 +1,10 @@
-"""The node's TPM, over tpm2-pytss ESAPI.  The only module in Lightgate that opens a TPM.
+"""The node's TPM.  The only module in Lightgate that opens a TPM.
 
-The TCTI comes from configuration in tpm2-tools form: `swtpm:host=127.0.0.1,port=2321`,
-`device:/dev/tpmrm0` (the kernel's resource manager) or `tabrmd:bus_type=system`.
+Commands are marshalled by `attestor.tpm2.commands` and sent over `attestor.tpm2.tcti`,
+named in tpm2-tools form: `device:/dev/tpmrm0` (the kernel's resource manager) or
+`swtpm:host=127.0.0.1,port=2321`.  The agent needs a dozen commands; tpm2-tss with
+tpm2-pytss (and the `cryptography` it loads) cost more memory than the whole agent may
+use on a node.  Tests check this layer against tpm2-tss on the same swtpm.
 
 Keys:
 - EK: recreated from the TCG default template (EK Credential Profile 2.0, 2.1.5, low
@@ -27,73 +30,72 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
-# tpm2-tss logs every expected TPM error (such as probing for an absent EK template
-# index) to stderr; the agent reports failures itself.  An operator can still set it.
-os.environ.setdefault("TSS2_LOG", "all+NONE")
-
-from tpm2_pytss import ESAPI
-from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_SE, TPMA_OBJECT
-from tpm2_pytss.TSS2_Exception import TSS2_Exception
-from tpm2_pytss.types import (
-    TPM2B_CREATION_DATA,
-    TPM2B_DATA,
-    TPM2B_DIGEST,
-    TPM2B_ENCRYPTED_SECRET,
-    TPM2B_ID_OBJECT,
-    TPM2B_PRIVATE,
-    TPM2B_PUBLIC,
-    TPML_PCR_SELECTION,
-    TPMS_SCHEME_HASH,
-    TPMT_PUBLIC,
-    TPMT_SIG_SCHEME,
-    TPMT_SYM_DEF,
-    TPMT_TK_CREATION,
-    TPMU_SIG_SCHEME,
+from attestor.tpm2 import commands as cmd
+from attestor.tpm2.commands import CommandCode as CC
+from attestor.tpm2.tcti import TctiError, Transport, open_transport
+from verifier.evidence.errors import TpmStructureMalformed
+from verifier.evidence.tpm_public import ObjectAttributes, parse_public
+from verifier.evidence.tpm_structures import (
+    HashAlg,
+    PcrBankSelection,
+    PcrSelection,
+    Reader,
+    marshal_pcr_selection,
+    read_pcr_selection,
+    tpm2b,
 )
-from tpm2_pytss.utils import NVReadEK, create_ek_template
-
-from verifier.evidence.certify import KeyCertification
-from verifier.evidence.tpm_structures import HashAlg, PcrSelection
 
 if TYPE_CHECKING:
-    from cryptography import x509
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from verifier.evidence.certify import KeyCertification
 
 EkKind = Literal["rsa", "ecc"]
 AkAlgorithm = Literal["ecc", "rsa"]
 
-_EK_TEMPLATES: dict[str, str] = {"rsa": "EK-RSA2048", "ecc": "EK-ECC256"}
-_AK_ALGORITHMS: dict[str, str] = {
-    "ecc": "ecc256:ecdsa-sha256:null",
-    "rsa": "rsa2048:rsassa-sha256:null",
+#: EK certificate NV indices (EK Credential Profile 2.0, 2.2.1.4, low range): the
+#: certificate, the nonce the template's unique field starts with, and the template a
+#: manufacturer may store instead of the default one.
+_EK_NV: Final[dict[str, tuple[int, int, int]]] = {
+    "rsa": (0x01C00002, 0x01C00003, 0x01C00004),
+    "ecc": (0x01C0000A, 0x01C0000B, 0x01C0000C),
 }
-_AK_ATTRIBUTES = (
-    TPMA_OBJECT.RESTRICTED
-    | TPMA_OBJECT.SIGN_ENCRYPT
-    | TPMA_OBJECT.FIXEDTPM
-    | TPMA_OBJECT.FIXEDPARENT
-    | TPMA_OBJECT.SENSITIVEDATAORIGIN
-    | TPMA_OBJECT.USERWITHAUTH
+_AK_ATTRIBUTES: Final = int(
+    ObjectAttributes.RESTRICTED
+    | ObjectAttributes.SIGN_ENCRYPT
+    | ObjectAttributes.FIXED_TPM
+    | ObjectAttributes.FIXED_PARENT
+    | ObjectAttributes.SENSITIVE_DATA_ORIGIN
+    | ObjectAttributes.USER_WITH_AUTH
 )
 # The bound key: a signing-only key that never leaves this TPM and that the TPM made
 # (what verifier.evidence.certify requires), usable with an empty password.
-_BOUND_KEY_ALGORITHM = "ecc256:ecdsa-sha256:null"
-_BOUND_KEY_ATTRIBUTES = (
-    TPMA_OBJECT.SIGN_ENCRYPT
-    | TPMA_OBJECT.FIXEDTPM
-    | TPMA_OBJECT.FIXEDPARENT
-    | TPMA_OBJECT.SENSITIVEDATAORIGIN
-    | TPMA_OBJECT.USERWITHAUTH
+_BOUND_KEY_ATTRIBUTES: Final = int(
+    ObjectAttributes.SIGN_ENCRYPT
+    | ObjectAttributes.FIXED_TPM
+    | ObjectAttributes.FIXED_PARENT
+    | ObjectAttributes.SENSITIVE_DATA_ORIGIN
+    | ObjectAttributes.USER_WITH_AUTH
 )
-_PCR_READ_BATCH = 8  # TPM2_PCR_Read returns at most 8 digests per call (Part 3, 22.4)
+_PCR_READ_BATCH: Final = 8  # TPM2_PCR_Read returns at most 8 digests per call (Part 3, 22.4)
+_RETRIES: Final = 5  # TPM_RC_RETRY, _YIELDED, _TESTING: send the command again
+_DEFAULT_NV_BUFFER: Final = 512
 
 
 class TpmError(Exception):
     """A TPM command failed; the message names the command and the TPM's response code."""
+
+
+class TpmCommandError(TpmError):
+    """The TPM refused a command; `code` is its response code (TPM_RC)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -139,29 +141,34 @@ class Endorsement:
 
 
 class Tpm:
-    """An ESAPI session to one TPM.  Not thread-safe: one Tpm per thread."""
+    """One connection to one TPM.  Not thread-safe: one Tpm per thread.
+
+    Handles are the TPM's own (0x80xxxxxx transient objects, 0x03xxxxxx policy
+    sessions); a resource manager virtualises them per connection.
+    """
 
     def __init__(self, tcti: str, ek_kind: EkKind = "rsa") -> None:
         self.tcti = tcti
         self.ek_kind = ek_kind
         try:
-            self._ectx = ESAPI(tcti)
-        except TSS2_Exception as exc:
+            self._transport: Transport = open_transport(tcti)
+        except TctiError as exc:
             raise TpmError(f"cannot open TPM at {tcti!r}: {exc}") from None
-        self._ek_handle: Any = None
+        self._ek_handle: int | None = None
         self._endorsement: Endorsement | None = None
-        self._loaded_ak: tuple[AkBlobs, Any] | None = None
-        self._loaded_bound_key: tuple[BoundKeyBlobs, Any] | None = None
+        self._loaded_ak: tuple[AkBlobs, int] | None = None
+        self._loaded_bound_key: tuple[BoundKeyBlobs, int] | None = None
         self._closed = False
 
     def close(self) -> None:
         """Flush the transient objects this session loaded, then close it.  Without a
         resource manager (a bare swtpm socket) they would otherwise fill the TPM's
         object slots for the next user."""
+        if self._closed:
+            return
         self.forget_handles()
-        if not self._closed:
-            self._closed = True
-            self._ectx.close()
+        self._closed = True
+        self._transport.close()
 
     def __enter__(self) -> Tpm:
         return self
@@ -174,6 +181,41 @@ class Tpm:
     ) -> None:
         self.close()
 
+    # --- commands --------------------------------------------------------------------
+
+    def execute(
+        self,
+        code: cmd.CommandCode,
+        handles: Sequence[int] = (),
+        parameters: bytes = b"",
+        auths: Sequence[cmd.Auth] = (),
+        *,
+        returns_handle: bool = False,
+    ) -> cmd.Response:
+        """Send one command and return its handles and parameter area.  A failure is a
+        TpmError naming the command and the TPM's response code; the warnings after which
+        a TPM asks to be asked again (RETRY, YIELDED, TESTING) are retried here."""
+        command = cmd.build_command(code, handles, parameters, auths)
+        for attempt in range(_RETRIES + 1):
+            try:
+                raw = self._transport.transact(command)
+            except TctiError as exc:
+                raise TpmError(f"TPM2_{code.name}: {exc}") from None
+            try:
+                return cmd.parse_response(raw, code, 1 if returns_handle else 0)
+            except cmd.TpmCommandFailed as exc:
+                if exc.code in cmd.RETRYABLE and attempt < _RETRIES:
+                    time.sleep(0.01 * 2**attempt)
+                    continue
+                raise TpmCommandError(str(exc), exc.code) from None
+            except TpmStructureMalformed as exc:
+                raise TpmError(f"TPM2_{code.name}: malformed response: {exc}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _flush(self, handle: int) -> None:
+        with contextlib.suppress(TpmError):  # already gone: nothing to release
+            self.execute(CC.FlushContext, (), cmd.u32(handle))
+
     # --- endorsement key -------------------------------------------------------------
 
     def endorsement(self) -> Endorsement:
@@ -181,62 +223,177 @@ class Tpm:
         assert self._endorsement is not None
         return self._endorsement
 
-    def _load_ek(self) -> Any:
+    def nv_read(self, index: int) -> bytes | None:
+        """An NV index's whole contents; None when it is not defined or never written."""
+        try:
+            response = self.execute(CC.NV_ReadPublic, (index,))
+        except TpmCommandError as exc:
+            if cmd.format_one_error(exc.code) == cmd.RC_HANDLE:
+                return None
+            raise
+        try:
+            public = cmd.parse_nv_public(response.parameters)
+        except TpmStructureMalformed as exc:
+            raise TpmError(f"TPM2_NV_ReadPublic 0x{index:08x}: {exc}") from None
+        if not public.attributes & cmd.TPMA_NV_WRITTEN:
+            return None
+        if public.attributes & cmd.TPMA_NV_AUTHREAD:
+            auth_handle = index
+        elif public.attributes & cmd.TPMA_NV_OWNERREAD:
+            auth_handle = cmd.TPM_RH_OWNER
+        else:
+            raise TpmError(f"NV index 0x{index:08x} is readable neither by its auth nor owner")
+        chunk = self._nv_buffer_max()
+        data = bytearray()
+        while len(data) < public.data_size:
+            size = min(chunk, public.data_size - len(data))
+            window = cmd.u16(size) + cmd.u16(len(data))
+            response = self.execute(CC.NV_Read, (auth_handle, index), window, (cmd.PASSWORD,))
+            try:
+                reader = Reader(response.parameters, "TPM2B_MAX_NV_BUFFER")
+                part = reader.tpm2b("data")
+            except TpmStructureMalformed as exc:
+                raise TpmError(f"TPM2_NV_Read 0x{index:08x}: {exc}") from None
+            if len(part) != size:
+                raise TpmError(f"TPM2_NV_Read 0x{index:08x}: {len(part)} bytes, asked {size}")
+            data += part
+        return bytes(data)
+
+    def _nv_buffer_max(self) -> int:
+        """TPM_PT_NV_BUFFER_MAX: the most TPM2_NV_Read returns at once."""
+        response = self.execute(
+            CC.GetCapability,
+            (),
+            cmd.u32(cmd.TPM_CAP_TPM_PROPERTIES) + cmd.u32(cmd.TPM_PT_NV_BUFFER_MAX) + cmd.u32(1),
+        )
+        try:
+            reader = Reader(response.parameters, "TPMS_CAPABILITY_DATA")
+            reader.u8("moreData")
+            reader.u32("capability")
+            if reader.u32("count") >= 1 and reader.u32("property") == cmd.TPM_PT_NV_BUFFER_MAX:
+                return max(1, reader.u32("value"))
+        except TpmStructureMalformed as exc:
+            raise TpmError(f"TPM2_GetCapability(TPM_PROPERTIES): {exc}") from None
+        return _DEFAULT_NV_BUFFER
+
+    def _load_ek(self) -> int:
+        """TPM2_CreatePrimary of the EK its certificate certifies: the manufacturer's
+        stored template if there is one, else the TCG default (with the stored nonce)."""
         if self._ek_handle is not None:
             return self._ek_handle
+        cert_index, nonce_index, template_index = _EK_NV[self.ek_kind]
+        certificate = self.nv_read(cert_index)
+        template = self.nv_read(template_index)
+        if template is None:
+            template = cmd.ek_template(self.ek_kind, self.nv_read(nonce_index) or b"")
+        parameters = cmd.EMPTY_SENSITIVE + tpm2b(template) + tpm2b(b"") + cmd.EMPTY_PCR_SELECTION
         try:
-            certificate, template = create_ek_template(
-                _EK_TEMPLATES[self.ek_kind], NVReadEK(self._ectx)
+            response = self.execute(
+                CC.CreatePrimary,
+                (cmd.TPM_RH_ENDORSEMENT,),
+                parameters,
+                (cmd.PASSWORD,),
+                returns_handle=True,
             )
-            handle, public, _, _, _ = self._ectx.create_primary(None, template, ESYS_TR.ENDORSEMENT)
-        except TSS2_Exception as exc:
+        except TpmError as exc:
             raise TpmError(f"creating the {self.ek_kind.upper()} EK failed: {exc}") from None
+        handle = response.handles[0]
+        try:
+            public = Reader(response.parameters, "TPM2_CreatePrimary").tpm2b("outPublic")
+        except TpmStructureMalformed as exc:
+            self._flush(handle)
+            raise TpmError(f"TPM2_CreatePrimary: {exc}") from None
         self._ek_handle = handle
-        self._endorsement = Endorsement(
-            self.ek_kind, bytes(certificate) if certificate else None, public.publicArea.marshal()
-        )
+        self._endorsement = Endorsement(self.ek_kind, certificate or None, public)
         return handle
 
-    def _ek_policy_session(self) -> Any:
+    def _ek_policy(self) -> cmd.Auth:
         """A policy session satisfying the EK's authPolicy, PolicySecret(TPM_RH_ENDORSEMENT)
-        (EK Credential Profile 2.0, B.6)."""
+        (EK Credential Profile 2.0, B.6), as the authorization of one command."""
+        parameters = (
+            tpm2b(os.urandom(32))  # nonceCaller
+            + tpm2b(b"")  # encryptedSalt: unsalted
+            + bytes([cmd.TPM_SE_POLICY])
+            + cmd.u16(0x0010)  # symmetric: TPM_ALG_NULL, no parameter encryption
+            + cmd.u16(HashAlg.SHA256)
+        )
         try:
-            session = self._ectx.start_auth_session(
-                tpm_key=ESYS_TR.NONE,
-                bind=ESYS_TR.NONE,
-                session_type=TPM2_SE.POLICY,
-                symmetric=TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
-                auth_hash=TPM2_ALG.SHA256,
+            response = self.execute(
+                CC.StartAuthSession,
+                (cmd.TPM_RH_NULL, cmd.TPM_RH_NULL),
+                parameters,
+                returns_handle=True,
             )
-        except TSS2_Exception as exc:
+        except TpmError as exc:
             raise TpmError(f"starting a policy session failed: {exc}") from None
+        session = response.handles[0]
         try:
-            self._ectx.policy_secret(ESYS_TR.ENDORSEMENT, session)
-        except TSS2_Exception as exc:
+            self.execute(
+                CC.PolicySecret,
+                (cmd.TPM_RH_ENDORSEMENT, session),
+                tpm2b(b"") + tpm2b(b"") + tpm2b(b"") + cmd.u32(0),
+                (cmd.PASSWORD,),
+            )
+        except TpmError as exc:
             self._flush(session)
             raise TpmError(f"PolicySecret(endorsement) failed: {exc}") from None
-        return session
+        return cmd.policy_auth(session, os.urandom(32))
+
+    def _with_ek_policy(
+        self,
+        what: str,
+        code: cmd.CommandCode,
+        handles: Sequence[int],
+        parameters: bytes,
+        auths_before: Sequence[cmd.Auth] = (),
+        *,
+        returns_handle: bool = False,
+    ) -> cmd.Response:
+        """Run a command whose last authorization is the EK's policy.  The session ends
+        with a successful command; a failed one leaves it, so it is flushed."""
+        policy = self._ek_policy()
+        try:
+            return self.execute(
+                code, handles, parameters, (*auths_before, policy), returns_handle=returns_handle
+            )
+        except TpmError as exc:
+            self._flush(policy.handle)
+            raise TpmError(f"{what} failed: {exc}") from None
 
     # --- attestation key -------------------------------------------------------------
 
     def create_ak(self, algorithm: AkAlgorithm = "ecc") -> AkBlobs:
         ek = self._load_ek()
         self._flush_bound_key()  # TPM2_Create needs a free object slot
-        template = TPM2B_PUBLIC(
-            publicArea=TPMT_PUBLIC.parse(
-                alg=_AK_ALGORITHMS[algorithm], objectAttributes=_AK_ATTRIBUTES, nameAlg="sha256"
-            )
+        private, public, *_ = self._create_under_ek(
+            "creating the AK", cmd.signing_key_template(algorithm, _AK_ATTRIBUTES), ek
         )
-        session = self._ek_policy_session()
-        try:
-            private, public, _, _, _ = self._ectx.create(ek, None, template, session1=session)
-        except TSS2_Exception as exc:
-            raise TpmError(f"creating the AK failed: {exc}") from None
-        finally:
-            self._flush(session)
-        return AkBlobs(public.marshal(), private.marshal())
+        return AkBlobs(public, private)
 
-    def _load_ak(self, ak: AkBlobs) -> Any:
+    def _create_under_ek(
+        self, what: str, template: bytes, ek: int
+    ) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+        """TPM2_Create under the EK: TPM2B_PRIVATE, TPM2B_PUBLIC, TPM2B_CREATION_DATA,
+        TPM2B_DIGEST (creation hash) and TPMT_TK_CREATION, each as marshalled."""
+        parameters = cmd.EMPTY_SENSITIVE + tpm2b(template) + tpm2b(b"") + cmd.EMPTY_PCR_SELECTION
+        response = self._with_ek_policy(what, CC.Create, (ek,), parameters)
+        try:
+            reader = Reader(response.parameters, "TPM2_Create")
+            private = cmd.read_tpm2b_whole(reader, "outPrivate")
+            public = cmd.read_tpm2b_whole(reader, "outPublic")
+            creation_data = cmd.read_tpm2b_whole(reader, "creationData")
+            creation_hash = cmd.read_tpm2b_whole(reader, "creationHash")
+            start = reader.offset
+            reader.u16("creationTicket.tag")
+            reader.u32("creationTicket.hierarchy")
+            reader.tpm2b("creationTicket.digest")
+            ticket = response.parameters[start : reader.offset]
+            reader.end()
+        except TpmStructureMalformed as exc:
+            raise TpmError(f"{what}: {exc}") from None
+        return private, public, creation_data, creation_hash, ticket
+
+    def _load_ak(self, ak: AkBlobs) -> int:
         if self._loaded_ak is not None and self._loaded_ak[0] == ak:
             return self._loaded_ak[1]
         if self._loaded_ak is not None:
@@ -246,21 +403,24 @@ class Tpm:
         self._loaded_ak = (ak, handle)
         return handle
 
-    def _load_under_ek(self, public_blob: bytes, private_blob: bytes, what: str) -> Any:
+    def _load_under_ek(self, public_blob: bytes, private_blob: bytes, what: str) -> int:
         """TPM2_Load of a child of the EK (the AK, the bound key) from its blobs."""
         ek = self._load_ek()
         try:
-            public, _ = TPM2B_PUBLIC.unmarshal(public_blob)
-            private, _ = TPM2B_PRIVATE.unmarshal(private_blob)
-        except (TSS2_Exception, ValueError) as exc:
+            for blob, name in ((private_blob, "TPM2B_PRIVATE"), (public_blob, "TPM2B_PUBLIC")):
+                reader = Reader(blob, name)
+                reader.tpm2b(name)
+                reader.end()
+        except TpmStructureMalformed as exc:
             raise TpmError(f"the persisted {what} is corrupt: {exc}") from None
-        session = self._ek_policy_session()
-        try:
-            return self._ectx.load(ek, private, public, session1=session)
-        except TSS2_Exception as exc:
-            raise TpmError(f"loading the {what} under this TPM's EK failed: {exc}") from None
-        finally:
-            self._flush(session)
+        response = self._with_ek_policy(
+            f"loading the {what} under this TPM's EK",
+            CC.Load,
+            (ek,),
+            private_blob + public_blob,
+            returns_handle=True,
+        )
+        return response.handles[0]
 
     def activate_credential(
         self, ak: AkBlobs, credential_blob: bytes, encrypted_secret: bytes
@@ -268,21 +428,19 @@ class Tpm:
         """TPM2_ActivateCredential: recover the verifier's secret if `ak` sits beside our EK."""
         ak_handle = self._load_ak(ak)
         ek = self._load_ek()
-        session = self._ek_policy_session()
+        if len(credential_blob) > 0xFFFF or len(encrypted_secret) > 0xFFFF:
+            raise TpmError("ActivateCredential failed: the challenge is too large")
+        response = self._with_ek_policy(
+            "ActivateCredential",
+            CC.ActivateCredential,
+            (ak_handle, ek),
+            tpm2b(credential_blob) + tpm2b(encrypted_secret),
+            (cmd.PASSWORD,),
+        )
         try:
-            secret = self._ectx.activate_credential(
-                ak_handle,
-                ek,
-                TPM2B_ID_OBJECT(credential_blob),
-                TPM2B_ENCRYPTED_SECRET(encrypted_secret),
-                session1=ESYS_TR.PASSWORD,
-                session2=session,
-            )
-        except TSS2_Exception as exc:
-            raise TpmError(f"ActivateCredential failed: {exc}") from None
-        finally:
-            self._flush(session)
-        return bytes(secret)
+            return Reader(response.parameters, "TPM2_ActivateCredential").tpm2b("certInfo")
+        except TpmStructureMalformed as exc:
+            raise TpmError(f"ActivateCredential: {exc}") from None
 
     # --- bound key ------------------------------------------------------------------
 
@@ -293,29 +451,14 @@ class Tpm:
         # TPM2_Create needs a free object slot while it runs: with the EK, an AK and a
         # bound key loaded, swtpm's three are taken.  The old key reloads in ~4 ms.
         self._flush_bound_key()
-        template = TPM2B_PUBLIC(
-            publicArea=TPMT_PUBLIC.parse(
-                alg=_BOUND_KEY_ALGORITHM, objectAttributes=_BOUND_KEY_ATTRIBUTES, nameAlg="sha256"
-            )
+        private, public, creation_data, creation_hash, ticket = self._create_under_ek(
+            "creating the bound key",
+            cmd.signing_key_template("ecc", _BOUND_KEY_ATTRIBUTES),
+            ek,
         )
-        session = self._ek_policy_session()
-        try:
-            private, public, creation_data, creation_hash, ticket = self._ectx.create(
-                ek, None, template, session1=session
-            )
-        except TSS2_Exception as exc:
-            raise TpmError(f"creating the bound key failed: {exc}") from None
-        finally:
-            self._flush(session)
-        return BoundKeyBlobs(
-            public=public.marshal(),
-            private=private.marshal(),
-            creation_data=creation_data.marshal(),
-            creation_hash=creation_hash.marshal(),
-            creation_ticket=ticket.marshal(),
-        )
+        return BoundKeyBlobs(public, private, creation_data, creation_hash, ticket)
 
-    def _load_bound_key(self, key: BoundKeyBlobs) -> Any:
+    def _load_bound_key(self, key: BoundKeyBlobs) -> int:
         if self._loaded_bound_key is not None and self._loaded_bound_key[0] == key:
             return self._loaded_bound_key[1]
         self._flush_bound_key()
@@ -323,81 +466,115 @@ class Tpm:
         self._loaded_bound_key = (key, handle)
         return handle
 
+    def certify(
+        self, object_handle: int, ak_handle: int, nonce: bytes, scheme: bytes = cmd.NULL_SCHEME
+    ) -> tuple[bytes, bytes]:
+        """TPM2_Certify: TPMS_ATTEST and TPMT_SIGNATURE.  The object needs the ADMIN role
+        (its empty password, adminWithPolicy being clear), the AK the USER role."""
+        response = self.execute(
+            CC.Certify,
+            (object_handle, ak_handle),
+            tpm2b(nonce) + scheme,
+            (cmd.PASSWORD, cmd.PASSWORD),
+        )
+        return _attest_and_signature(response, "TPM2_Certify")
+
+    def certify_creation(
+        self,
+        ak_handle: int,
+        object_handle: int,
+        nonce: bytes,
+        creation_hash: bytes,
+        ticket: bytes,
+        scheme: bytes = cmd.NULL_SCHEME,
+    ) -> tuple[bytes, bytes]:
+        """TPM2_CertifyCreation (`creation_hash` the TPM2B_DIGEST's payload, `ticket` a
+        marshalled TPMT_TK_CREATION): TPMS_ATTEST and TPMT_SIGNATURE."""
+        response = self.execute(
+            CC.CertifyCreation,
+            (ak_handle, object_handle),
+            tpm2b(nonce) + tpm2b(creation_hash) + scheme + ticket,
+            (cmd.PASSWORD,),
+        )
+        return _attest_and_signature(response, "TPM2_CertifyCreation")
+
     def certify_bound_key(self, ak: AkBlobs, key: BoundKeyBlobs, nonce: bytes) -> KeyCertification:
         """TPM2_Certify (the key is loaded beside the AK) and TPM2_CertifyCreation (this
         TPM created it: the ticket checks out), both signed by the AK over `nonce`."""
+        from verifier.evidence.certify import KeyCertification
+
         ak_handle = self._load_ak(ak)
         key_handle = self._load_bound_key(key)
         scheme = _signing_scheme(ak)
         try:
-            qualifying_data = TPM2B_DATA(nonce)
-            creation_hash, _ = TPM2B_DIGEST.unmarshal(key.creation_hash)
-            ticket, _ = TPMT_TK_CREATION.unmarshal(key.creation_ticket)
-            creation_data, _ = TPM2B_CREATION_DATA.unmarshal(key.creation_data)
-        except (TSS2_Exception, ValueError) as exc:
+            if len(nonce) > 64:
+                raise TpmStructureMalformed("qualifyingData", 0, f"{len(nonce)} bytes")
+            creation_hash = _whole_tpm2b(key.creation_hash, "TPM2B_DIGEST")
+            creation_data = _whole_tpm2b(key.creation_data, "TPM2B_CREATION_DATA")
+        except TpmStructureMalformed as exc:
             raise TpmError(
                 f"the bound key's creation record or the nonce is unusable: {exc}"
             ) from None
         try:
-            # Certify: the object needs ADMIN role (its empty password, as adminWithPolicy
-            # is clear), the AK USER role; CertifyCreation authorizes only the AK.
-            certify_info, certify_signature = self._ectx.certify(
-                key_handle, ak_handle, qualifying_data, scheme
-            )
-        except TSS2_Exception as exc:
+            certify_info, certify_signature = self.certify(key_handle, ak_handle, nonce, scheme)
+        except TpmError as exc:
             raise TpmError(f"TPM2_Certify of the bound key failed: {exc}") from None
         try:
-            creation_info, creation_signature = self._ectx.certify_creation(
-                ak_handle, key_handle, qualifying_data, creation_hash, scheme, ticket
+            creation_info, creation_signature = self.certify_creation(
+                ak_handle, key_handle, nonce, creation_hash, key.creation_ticket, scheme
             )
-        except TSS2_Exception as exc:
+        except TpmError as exc:
             raise TpmError(f"TPM2_CertifyCreation of the bound key failed: {exc}") from None
         return KeyCertification(
             public_area=key.tpmt_public,
-            certify_info=certify_info.marshal()[2:],
-            certify_signature=certify_signature.marshal(),
-            creation_data=creation_data.marshal()[2:],
-            creation_info=creation_info.marshal()[2:],
-            creation_signature=creation_signature.marshal(),
+            certify_info=certify_info,
+            certify_signature=certify_signature,
+            creation_data=creation_data,
+            creation_info=creation_info,
+            creation_signature=creation_signature,
         )
 
-    def bound_key_signer(self, key: BoundKeyBlobs) -> ec.EllipticCurvePrivateKey:
-        """The bound key as a `cryptography` private key whose sign() is TPM2_Sign (for a
-        CSR builder).  Valid until forget_handles(), close() or another bound key is
-        loaded; its sign() raises TSS2_Exception, which `sign_csr` turns into TpmError."""
-        from tpm2_pytss.cryptography import tpm_ecc_private_key
-
+    def sign(self, key: BoundKeyBlobs, digest: bytes) -> bytes:
+        """TPM2_Sign of a SHA-256 digest with the bound key (ECDSA-SHA256): TPMT_SIGNATURE.
+        The key is unrestricted, so the NULL hash-check ticket suffices."""
+        if len(digest) != HashAlg.SHA256.digest_size:
+            raise TpmError(f"TPM2_Sign: a SHA-256 digest has 32 bytes, not {len(digest)}")
         handle = self._load_bound_key(key)
+        response = self.execute(
+            CC.Sign,
+            (handle,),
+            tpm2b(digest) + cmd.NULL_SCHEME + cmd.NULL_HASHCHECK,
+            (cmd.PASSWORD,),
+        )
         try:
-            signer: ec.EllipticCurvePrivateKey = tpm_ecc_private_key(self._ectx, handle)
-        except (TSS2_Exception, ValueError) as exc:
-            raise TpmError(f"the bound key cannot sign: {exc}") from None
-        return signer
-
-    def sign_csr(
-        self, key: BoundKeyBlobs, builder: x509.CertificateSigningRequestBuilder
-    ) -> x509.CertificateSigningRequest:
-        """Sign a PKCS#10 request with the bound key (ECDSA-SHA256, in the TPM)."""
-        from cryptography.hazmat.primitives import hashes
-
-        signer = self.bound_key_signer(key)
-        try:
-            return builder.sign(signer, hashes.SHA256())
-        except TSS2_Exception as exc:
-            raise TpmError(f"TPM2_Sign with the bound key failed: {exc}") from None
+            reader = Reader(response.parameters, "TPM2_Sign")
+            signature = cmd.read_signature(reader)
+            reader.end()
+        except TpmStructureMalformed as exc:
+            raise TpmError(f"TPM2_Sign: {exc}") from None
+        return signature
 
     # --- quotes and PCRs -------------------------------------------------------------
 
     def quote(self, ak: AkBlobs, selection: PcrSelection, nonce: bytes) -> tuple[bytes, bytes]:
         """TPM2_Quote: the TPMS_ATTEST and TPMT_SIGNATURE, marshalled."""
+        if not any(bank.pcrs for bank in selection.banks):
+            raise TpmError("the PCR selection to quote is empty")
+        if len(nonce) > 64:
+            raise TpmError(f"TPM2_Quote: a nonce of {len(nonce)} bytes is too long")
         handle = self._load_ak(ak)
+        banks = PcrSelection(tuple(bank for bank in selection.banks if bank.pcrs))
         try:
-            attest, signature = self._ectx.quote(
-                handle, _pytss_selection(selection), TPM2B_DATA(nonce)
+            pcrs = marshal_pcr_selection(banks)
+        except ValueError as exc:
+            raise TpmError(f"TPM2_Quote: {exc}") from None
+        try:
+            response = self.execute(
+                CC.Quote, (handle,), tpm2b(nonce) + cmd.NULL_SCHEME + pcrs, (cmd.PASSWORD,)
             )
-        except TSS2_Exception as exc:
+        except TpmError as exc:
             raise TpmError(f"TPM2_Quote failed: {exc}") from None
-        return attest.marshal()[2:], signature.marshal()
+        return _attest_and_signature(response, "TPM2_Quote")
 
     def read_pcrs(self, selection: PcrSelection) -> dict[HashAlg, dict[int, bytes]]:
         values: dict[HashAlg, dict[int, bytes]] = {}
@@ -410,14 +587,27 @@ class Tpm:
             for start in range(0, len(pcrs), _PCR_READ_BATCH):
                 batch = pcrs[start : start + _PCR_READ_BATCH]
                 spec = f"{alg.bank_name}:{','.join(map(str, batch))}"
+                asked = PcrSelection((PcrBankSelection(alg, tuple(batch)),))
                 try:
-                    _, _, digests = self._ectx.pcr_read(TPML_PCR_SELECTION.parse(spec))
-                except TSS2_Exception as exc:
+                    response = self.execute(CC.PCR_Read, (), marshal_pcr_selection(asked))
+                except TpmError as exc:
                     raise TpmError(f"TPM2_PCR_Read {spec} failed: {exc}") from None
-                if len(digests) != len(batch):
+                try:
+                    reader = Reader(response.parameters, "TPM2_PCR_Read")
+                    reader.u32("pcrUpdateCounter")
+                    returned = read_pcr_selection(reader)
+                    digests = [
+                        reader.tpm2b("digest", 64) for _ in range(reader.u32("pcrValues.count"))
+                    ]
+                    reader.end()
+                except TpmStructureMalformed as exc:
+                    raise TpmError(f"TPM2_PCR_Read {spec}: {exc}") from None
+                if returned != asked or len(digests) != len(batch):
                     raise TpmError(f"TPM2_PCR_Read {spec}: bank not allocated on this TPM")
                 for pcr, digest in zip(batch, digests, strict=True):
-                    values[alg][pcr] = bytes(digest)
+                    if len(digest) != alg.digest_size:
+                        raise TpmError(f"TPM2_PCR_Read {spec}: {len(digest)}-byte digest")
+                    values[alg][pcr] = digest
         return values
 
     def quote_with_pcrs(
@@ -438,37 +628,40 @@ class Tpm:
         TPM_CAP_PCRS, Part 3, 30.2), for the hash algorithms Lightgate knows.  A bank a
         PCR is extended in must be allocated; one left out of an extend keeps its value."""
         try:
-            _, capability = self._ectx.get_capability(TPM2_CAP.PCRS, 0, 1)
-        except TSS2_Exception as exc:
+            response = self.execute(
+                CC.GetCapability, (), cmd.u32(cmd.TPM_CAP_PCRS) + cmd.u32(0) + cmd.u32(1)
+            )
+        except TpmError as exc:
             raise TpmError(f"TPM2_GetCapability(PCRS) failed: {exc}") from None
-        assigned = capability.data.assignedPCR
+        try:
+            reader = Reader(response.parameters, "TPMS_CAPABILITY_DATA")
+            reader.u8("moreData")
+            reader.u32("capability")
+            assigned = read_pcr_selection(reader)
+        except TpmStructureMalformed as exc:
+            raise TpmError(f"TPM2_GetCapability(PCRS): {exc}") from None
         banks: dict[HashAlg, frozenset[int]] = {}
-        for index in range(assigned.count):
-            selection = assigned.pcrSelections[index]
+        for bank in assigned.banks:
             try:
-                bank = HashAlg(int(selection.hash))
+                alg = HashAlg(bank.hash_alg)
             except ValueError:
                 continue  # an algorithm Lightgate cannot name is never extended by it
-            bitmap = bytes(selection.pcrSelect)[: selection.sizeofSelect]
-            pcrs = frozenset(i for i in range(8 * len(bitmap)) if bitmap[i // 8] >> (i % 8) & 1)
-            if pcrs:
-                banks[bank] = pcrs
+            if bank.pcrs:
+                banks[alg] = frozenset(bank.pcrs)
         return banks
 
     def extend_pcr(self, pcr: int, digests: dict[HashAlg, bytes]) -> None:
         """TPM2_PCR_Extend: the simulator replaying measurements, the runtime log
-        measuring an asset tag."""
-        from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA, TPMU_HA
-
-        values = TPML_DIGEST_VALUES(
-            [
-                TPMT_HA(hashAlg=int(alg), digest=TPMU_HA(**{alg.bank_name: digest}))
-                for alg, digest in digests.items()
-            ]
+        measuring an asset tag or an image."""
+        for alg, digest in digests.items():
+            if len(digest) != alg.digest_size:
+                raise TpmError(f"TPM2_PCR_Extend of PCR {pcr}: {alg.bank_name} digest size")
+        values = cmd.u32(len(digests)) + b"".join(
+            cmd.u16(alg) + digest for alg, digest in digests.items()
         )
         try:
-            self._ectx.pcr_extend(ESYS_TR.parse(f"pcr{pcr}"), values)
-        except TSS2_Exception as exc:
+            self.execute(CC.PCR_Extend, (pcr,), values, (cmd.PASSWORD,))
+        except TpmError as exc:
             raise TpmError(f"TPM2_PCR_Extend of PCR {pcr} failed: {exc}") from None
 
     def forget_handles(self) -> None:
@@ -487,31 +680,30 @@ class Tpm:
             self._flush(self._loaded_bound_key[1])
             self._loaded_bound_key = None
 
-    def _flush(self, handle: Any) -> None:
-        with contextlib.suppress(TSS2_Exception):  # already gone: nothing to release
-            self._ectx.flush_context(handle)
+
+def _attest_and_signature(response: cmd.Response, command: str) -> tuple[bytes, bytes]:
+    """TPM2B_ATTEST (its payload, TPMS_ATTEST) and TPMT_SIGNATURE from a response."""
+    try:
+        reader = Reader(response.parameters, command)
+        attest = reader.tpm2b("TPM2B_ATTEST")
+        signature = cmd.read_signature(reader)
+        reader.end()
+    except TpmStructureMalformed as exc:
+        raise TpmError(f"{command}: {exc}") from None
+    return attest, signature
 
 
-def _signing_scheme(ak: AkBlobs) -> Any:
+def _whole_tpm2b(blob: bytes, structure: str) -> bytes:
+    reader = Reader(blob, structure)
+    payload = reader.tpm2b(structure)
+    reader.end()
+    return payload
+
+
+def _signing_scheme(ak: AkBlobs) -> bytes:
     """The AK's own scheme as a TPMT_SIG_SCHEME: the inScheme of Certify and
     CertifyCreation must be it (or NULL) for a key that has one (Part 3, 18.2)."""
     try:
-        public, _ = TPM2B_PUBLIC.unmarshal(ak.public)
-    except (TSS2_Exception, ValueError) as exc:
+        return cmd.signature_scheme(parse_public(ak.tpmt_public))
+    except TpmStructureMalformed as exc:
         raise TpmError(f"the persisted AK is corrupt: {exc}") from None
-    scheme = public.publicArea.parameters.asymDetail.scheme
-    return TPMT_SIG_SCHEME(
-        scheme=scheme.scheme,
-        details=TPMU_SIG_SCHEME(any=TPMS_SCHEME_HASH(hashAlg=scheme.details.anySig.hashAlg)),
-    )
-
-
-def _pytss_selection(selection: PcrSelection) -> Any:
-    spec = "+".join(
-        f"{HashAlg(bank.hash_alg).bank_name}:{','.join(map(str, bank.pcrs))}"
-        for bank in selection.banks
-        if bank.pcrs
-    )
-    if not spec:
-        raise TpmError("the PCR selection to quote is empty")
-    return TPML_PCR_SELECTION.parse(spec)

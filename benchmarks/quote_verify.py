@@ -70,9 +70,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from verifier.evidence.errors import EvidenceError, NonceUnknown, PcrDigestMismatch
 from verifier.evidence.keys import AttestationKey
+from verifier.evidence.pcr_values import PcrValues
 from verifier.evidence.quote import (
     NonceRecord,
-    PcrValues,
     Quote,
     QuoteExpectations,
     verify_quote,

@@ -43,7 +43,7 @@ from lightgate.sim.realboot.record import record
 from verifier.appraisal import BootAppraiser
 from verifier.evidence.claims import extract_claims
 from verifier.evidence.eventlog import parse_event_log, replay
-from verifier.evidence.quote import PcrValues
+from verifier.evidence.pcr_values import PcrValues
 from verifier.golden.values import learn
 
 NAME = "realboot"

@@ -133,7 +133,7 @@ def _node_claims(node: str, config: Path | None) -> tuple[BootClaims, str]:
     from verifier.evidence.claims import claims_of
     from verifier.evidence.eventlog import parse_event_log
     from verifier.evidence.measured_boot import verify_event_log
-    from verifier.evidence.quote import PcrValues
+    from verifier.evidence.pcr_values import PcrValues
 
     settings = load_config(VerifierConfig, config)
     store = open_store(settings)

@@ -35,7 +35,7 @@ from verifier.evidence.errors import (
 )
 from verifier.evidence.eventlog import EventLog, Replay, parse_event_log, replay
 from verifier.evidence.measured_boot import DEFAULT_LOG_PCRS, verify_event_log
-from verifier.evidence.quote import PcrValues
+from verifier.evidence.pcr_values import PcrValues
 from verifier.evidence.runtime_log import VerifiedRuntimeLog
 from verifier.evidence.tpm_structures import HashAlg
 from verifier.golden.images import ImageAllowList, ImageVerdict

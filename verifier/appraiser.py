@@ -33,7 +33,8 @@ from verifier.appraisal import (
 from verifier.ar4si import StatusName
 from verifier.enrollment import Endorsement
 from verifier.evidence.errors import EvidenceError
-from verifier.evidence.quote import PcrValues, VerifiedQuote
+from verifier.evidence.pcr_values import PcrValues
+from verifier.evidence.quote import VerifiedQuote
 from verifier.evidence.runtime_log import VerifiedRuntimeLog, verify_runtime_log
 from verifier.evidence.tpm_structures import HashAlg
 from verifier.golden.images import ImageAllowList, ImageVerdict, allow_list, appraise_images

@@ -61,10 +61,10 @@ from verifier.evidence.errors import (
 from verifier.evidence.keys import AttestationKey
 from verifier.evidence.nonce import issued_at as nonce_issued_at
 from verifier.evidence.nonce import mint_nonce, read_nonce
+from verifier.evidence.pcr_values import PcrValues
 from verifier.evidence.quote import (
     AuthenticatedQuote,
     NonceRecord,
-    PcrValues,
     Quote,
     QuoteExpectations,
     authenticate_quote,

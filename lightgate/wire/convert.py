@@ -8,7 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lightgate.wire.v1 import attestation_pb2 as pb
 from verifier.evidence.errors import TpmStructureMalformed
-from verifier.evidence.quote import PcrValues, check_pcr_bank
+from verifier.evidence.pcr_values import PcrValues, check_pcr_bank
 from verifier.evidence.tpm_structures import HashAlg, PcrSelection
 
 STATUS_TO_WIRE = {

@@ -26,8 +26,8 @@ from lightgate.sim.realboot.record import record
 from verifier.appraisal import BootAppraiser
 from verifier.evidence.claims import extract_claims
 from verifier.evidence.eventlog import parse_event_log
+from verifier.evidence.pcr_values import PcrValues
 from verifier.evidence.pe import authenticode_digest
-from verifier.evidence.quote import PcrValues
 from verifier.golden.values import GoldenValues, learn
 
 RECORDED = FIXTURES_DIR / "recorded"

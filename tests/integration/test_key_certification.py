@@ -2,8 +2,8 @@
 certifies, and every forgery is refused by `verify_key_certification` / `verify_csr`.
 
 The attacker is root on a node: it reads the agent's state directory (the AK blobs) and
-drives the node's TPM directly with tpm2-pytss (through the Tpm session's ESAPI
-context), so it can make the AK sign whatever the TPM lets it.  What the TPM refuses to
+drives the node's TPM directly with raw commands (`Tpm.execute`, structures marshalled
+by tpm2-pytss), so it can make the AK sign whatever the TPM lets it.  What the TPM refuses to
 sign is shown refused by the TPM; what the attacker can send instead is shown refused
 by the verifier, each test naming the check.
 
@@ -30,13 +30,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_RH, TPM2_ST, TPMA_OBJECT
-from tpm2_pytss.TSS2_Exception import TSS2_Exception
+from tpm2_pytss.constants import TPM2_RH, TPM2_ST, TPMA_OBJECT
 from tpm2_pytss.types import (
     TPM2B_PUBLIC,
     TPM2B_SENSITIVE,
     TPMT_PUBLIC,
-    TPMT_SIG_SCHEME,
     TPMT_TK_CREATION,
 )
 
@@ -49,6 +47,7 @@ from attestor.bound_key import (
     node_uri,
 )
 from attestor.tpm import AkBlobs, Tpm, TpmError
+from attestor.tpm2.commands import CommandCode
 from verifier.evidence.certify import (
     CertifiedKey,
     KeyCertification,
@@ -222,50 +221,49 @@ def software_public(key: ec.EllipticCurvePrivateKey, attributes: int) -> Any:
     return public
 
 
-# inScheme NULL: the AK signs with its own scheme, as TPM2_Certify allows (Part 3, 18.2).
-AK_SCHEME = TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL)
-
-
 @contextmanager
 def loaded_external(node: Node, public: Any, private_key: Any = None) -> Iterator[Any]:
     """TPM2_LoadExternal into the node's TPM (NULL hierarchy), next to the AK."""
     node.tpm.forget_handles()  # EK + AK + this object fill swtpm's three object slots
     ak_handle = node.tpm._load_ak(node.ak)
-    sensitive = None
+    sensitive = b"\x00\x00"
     if private_key is not None:
         pem = private_key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        sensitive = TPM2B_SENSITIVE.from_pem(pem)
-    ectx = node.tpm._ectx
-    handle = ectx.load_external(TPM2B_PUBLIC(publicArea=public), sensitive, ESYS_TR.NULL)
+        sensitive = TPM2B_SENSITIVE.from_pem(pem).marshal()
+    parameters = (
+        sensitive + TPM2B_PUBLIC(publicArea=public).marshal() + int(TPM2_RH.NULL).to_bytes(4, "big")
+    )
+    response = node.tpm.execute(CommandCode.LoadExternal, (), parameters, returns_handle=True)
+    handle = response.handles[0]
     try:
         yield ak_handle, handle
     finally:
-        ectx.flush_context(handle)
+        node.tpm.execute(CommandCode.FlushContext, (), handle.to_bytes(4, "big"))
 
 
-def attacker_certify(node: Node, ak_handle: Any, handle: Any, nonce: bytes) -> tuple[bytes, bytes]:
+# inScheme NULL: the AK signs with its own scheme, as TPM2_Certify allows (Part 3, 18.2).
+def attacker_certify(node: Node, ak_handle: int, handle: int, nonce: bytes) -> tuple[bytes, bytes]:
     """TPM2_Certify of `handle` by the node's AK, as the attacker runs it."""
-    info, signature = node.tpm._ectx.certify(handle, ak_handle, nonce, AK_SCHEME)
-    return info.marshal()[2:], signature.marshal()
+    return node.tpm.certify(handle, ak_handle, nonce)
 
 
 def attacker_certify_creation(
-    node: Node, ak_handle: Any, handle: Any, nonce: bytes, creation_hash: bytes, ticket: Any
+    node: Node, ak_handle: int, handle: int, nonce: bytes, creation_hash: bytes, ticket: bytes
 ) -> None:
-    node.tpm._ectx.certify_creation(ak_handle, handle, nonce, creation_hash, AK_SCHEME, ticket)
+    node.tpm.certify_creation(ak_handle, handle, nonce, creation_hash, ticket)
 
 
-def genuine_ticket(node: Node) -> tuple[bytes, Any]:
+def genuine_ticket(node: Node) -> tuple[bytes, bytes]:
     """The creation hash and ticket TPM2_Create returned for the node's genuine key."""
     blobs = node.bound_key.blobs
-    return blobs.creation_hash[2:], TPMT_TK_CREATION.unmarshal(blobs.creation_ticket)[0]
+    return blobs.creation_hash[2:], blobs.creation_ticket
 
 
-NULL_TICKET = TPMT_TK_CREATION(tag=TPM2_ST.CREATION, hierarchy=TPM2_RH.NULL)
+NULL_TICKET = TPMT_TK_CREATION(tag=TPM2_ST.CREATION, hierarchy=TPM2_RH.NULL).marshal()
 
 
 def test_software_key_loaded_public_only_gets_no_certification(make_node: NodeFactory) -> None:
@@ -277,11 +275,11 @@ def test_software_key_loaded_public_only_gets_no_certification(make_node: NodeFa
     nonce = fresh_nonce()
     public = software_public(ec.generate_private_key(ec.SECP256R1()), FIXED_TPM_CLAIMED)
     with loaded_external(node, public) as (ak_handle, handle):
-        with pytest.raises(TSS2_Exception, match="authValue or authPolicy is not available"):
+        with pytest.raises(TpmError, match="TPM_RC_AUTH_UNAVAILABLE"):
             attacker_certify(node, ak_handle, handle, nonce)
         creation_hash, ticket = genuine_ticket(node)
         for attempt in (ticket, NULL_TICKET):
-            with pytest.raises(TSS2_Exception, match="invalid ticket"):
+            with pytest.raises(TpmError, match="TPM_RC_TICKET"):
                 attacker_certify_creation(node, ak_handle, handle, nonce, creation_hash, attempt)
 
 
@@ -290,7 +288,7 @@ def test_software_key_loaded_with_private_cannot_claim_fixed_tpm(make_node: Node
     node = make_node("node-a")
     key = ec.generate_private_key(ec.SECP256R1())
     with (
-        pytest.raises(TSS2_Exception, match="inconsistent attributes"),
+        pytest.raises(TpmError, match="TPM_RC_ATTRIBUTES"),
         loaded_external(node, software_public(key, FIXED_TPM_CLAIMED), key),
     ):
         pass
@@ -310,7 +308,7 @@ def test_software_key_certified_by_the_ak_refused(make_node: NodeFactory) -> Non
     with loaded_external(node, public, key) as (ak_handle, handle):
         certify_info, certify_signature = attacker_certify(node, ak_handle, handle, nonce)
         creation_hash, ticket = genuine_ticket(node)
-        with pytest.raises(TSS2_Exception, match="invalid ticket"):
+        with pytest.raises(TpmError, match="TPM_RC_TICKET"):
             attacker_certify_creation(node, ak_handle, handle, nonce, creation_hash, ticket)
 
     certified_only = KeyCertification(

@@ -17,10 +17,12 @@ import hashlib
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-
-from cryptography.hazmat.primitives import hashes
+from typing import TYPE_CHECKING
 
 from verifier.evidence.errors import TpmStructureMalformed
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives import hashes
 
 TPM_GENERATED_VALUE = 0xFF544347  # Part 2, 6.2: "TCG" in every TPM-generated TPMS_ATTEST
 
@@ -87,8 +89,12 @@ class HashAlg(IntEnum):
             raise ValueError(f"unknown hash algorithm {name!r}") from None
 
     def crypto(self) -> hashes.HashAlgorithm:
-        """The pyca/cryptography hash object (for signatures, OAEP)."""
-        return _CRYPTO_HASHES[self]()
+        """The pyca/cryptography hash object (for signatures, OAEP).  Imported here, not
+        at the top: the agent uses these structures and must not load cryptography."""
+        from cryptography.hazmat.primitives import hashes
+
+        algorithm: type[hashes.HashAlgorithm] = getattr(hashes, _CRYPTO_HASH_NAMES[self])
+        return algorithm()
 
     def digest(self, data: bytes) -> bytes:
         if self is HashAlg.SM3_256:
@@ -96,12 +102,12 @@ class HashAlg(IntEnum):
         return hashlib.new(self.name.lower(), data).digest()
 
 
-_CRYPTO_HASHES: dict[HashAlg, type[hashes.HashAlgorithm]] = {
-    HashAlg.SHA1: hashes.SHA1,
-    HashAlg.SHA256: hashes.SHA256,
-    HashAlg.SHA384: hashes.SHA384,
-    HashAlg.SHA512: hashes.SHA512,
-    HashAlg.SM3_256: hashes.SM3,
+_CRYPTO_HASH_NAMES = {
+    HashAlg.SHA1: "SHA1",
+    HashAlg.SHA256: "SHA256",
+    HashAlg.SHA384: "SHA384",
+    HashAlg.SHA512: "SHA512",
+    HashAlg.SM3_256: "SM3",
 }
 _DIGEST_SIZES = {
     HashAlg.SHA1: 20,

@@ -24,8 +24,8 @@ from verifier.appraisal import BootAppraiser
 from verifier.evidence.claim_names import flatten
 from verifier.evidence.claims import extract_claims
 from verifier.evidence.eventlog import parse_event_log, replay
+from verifier.evidence.pcr_values import PcrValues
 from verifier.evidence.pe import authenticode_digest
-from verifier.evidence.quote import PcrValues
 from verifier.evidence.tpm_structures import HashAlg
 from verifier.evidence.uefi_signatures import parse_signature_lists
 from verifier.golden.values import learn

@@ -6,7 +6,7 @@ from lightgate.sim.boot import fixture_path, golden_from_fixture
 from verifier.appraisal import BootAppraiser
 from verifier.evidence import eventlog
 from verifier.evidence.eventlog import parse_event_log, replay
-from verifier.evidence.quote import PcrValues
+from verifier.evidence.pcr_values import PcrValues
 from verifier.evidence.tpm_structures import HashAlg
 
 GOOD = fixture_path("good").read_bytes()

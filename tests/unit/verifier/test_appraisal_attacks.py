@@ -16,7 +16,7 @@ from verifier.evidence.eventlog import (
     replay,
 )
 from verifier.evidence.eventlog_encode import EventRecord, encode_crypto_agile
-from verifier.evidence.quote import PcrValues
+from verifier.evidence.pcr_values import PcrValues
 from verifier.evidence.tpm_structures import HashAlg
 
 GOLDEN = [golden_from_fixture("good")]

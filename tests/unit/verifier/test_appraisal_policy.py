@@ -24,7 +24,7 @@ from verifier.evidence.errors import EvidenceError
 from verifier.evidence.eventlog import parse_event_log, replay
 from verifier.evidence.images import ImageRecord, encode_image_event
 from verifier.evidence.measured_boot import DEFAULT_LOG_PCRS, verify_event_log
-from verifier.evidence.quote import PcrValues
+from verifier.evidence.pcr_values import PcrValues
 from verifier.evidence.runtime_log import (
     TAGGED_EVENT_IMAGE,
     TaggedEvent,

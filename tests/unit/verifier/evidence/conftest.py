@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from verifier.evidence.keys import AK_REQUIRED, AttestationKey
-from verifier.evidence.quote import NonceRecord, PcrValues, Quote, QuoteExpectations
+from verifier.evidence.pcr_values import PcrValues
+from verifier.evidence.quote import NonceRecord, Quote, QuoteExpectations
 from verifier.evidence.tpm_public import (
     EccCurve,
     ObjectAttributes,

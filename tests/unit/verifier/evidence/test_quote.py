@@ -33,7 +33,8 @@ from verifier.evidence.errors import (
     QuoteTypeInvalid,
     TpmStructureMalformed,
 )
-from verifier.evidence.quote import PcrValues, Quote, check_signature, verify_quote
+from verifier.evidence.pcr_values import PcrValues
+from verifier.evidence.quote import Quote, check_signature, verify_quote
 from verifier.evidence.tpm_public import parse_public
 from verifier.evidence.tpm_structures import (
     TPM_GENERATED_VALUE,
