@@ -26,37 +26,38 @@ import random
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-
-import grpc
+from typing import TYPE_CHECKING
 
 from attestor.collect.boot_log import read_boot_log
 from attestor.collect.images import images_in_use
 from attestor.collect.runtime import ContainerRuntimeError
 from attestor.collect.runtime_log import AssetTagUnusable, RuntimeLog, asset_tag_bytes
-from attestor.credentials import CredentialClient
 from attestor.source_address import SourceAddressRelay, split_host_port
 from attestor.state_files import write_atomic
 from attestor.tpm import AkBlobs, Tpm, TpmError
 from lightgate import sdnotify
-from lightgate.config import AgentConfig
+from lightgate.agent_config import AgentConfig
 from lightgate.wire import convert
-from lightgate.wire.v1 import admission_pb2_grpc as admission_grpc
+from lightgate.wire.channel import Channel, RpcError, StatusCode
+from lightgate.wire.clients import AttestationClient, CredentialsClient
 from lightgate.wire.v1 import attestation_pb2 as pb
-from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
 from verifier.evidence.errors import TpmStructureMalformed
-from verifier.evidence.quote import PcrValues
+from verifier.evidence.pcr_values import PcrValues
+
+if TYPE_CHECKING:
+    from attestor.credentials import CredentialClient
 
 log = logging.getLogger("lightgate.agent")
 
 RETRYABLE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.ABORTED,
+    StatusCode.UNAVAILABLE,
+    StatusCode.DEADLINE_EXCEEDED,
+    StatusCode.RESOURCE_EXHAUSTED,
+    StatusCode.INTERNAL,
+    StatusCode.UNKNOWN,
+    StatusCode.ABORTED,
 }
-FORGOTTEN = {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
+FORGOTTEN = {StatusCode.NOT_FOUND, StatusCode.FAILED_PRECONDITION}
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
@@ -119,23 +120,20 @@ class StateDir:
             write_atomic(self.path / "asset-tag", asset_tag_bytes(token))
 
 
-def open_channel(config: AgentConfig, target: str | None = None) -> grpc.Channel:
-    """A channel to the verifier; `target` is where to dial instead (the source-address
-    relay), while TLS still checks the verifier's own name."""
-    options: list[tuple[str, str]] = []
-    if target is not None:
-        # The relay only copies bytes: the :authority and, over TLS, the name checked
-        # against the certificate are the verifier's, not 127.0.0.1's.
-        options.append(("grpc.default_authority", config.verifier))
-    if config.tls_ca is None:
-        return grpc.insecure_channel(target or config.verifier, options=options)
-    credentials = grpc.ssl_channel_credentials(root_certificates=config.tls_ca.read_bytes())
+def open_channel(config: AgentConfig, target: str | None = None) -> Channel:
+    """A channel to the verifier (`lightgate.wire.channel`: gRPC without grpcio, whose
+    core would cost every node about 20 MB); `target` is where to dial instead (the
+    source-address relay), while TLS still checks the verifier's own name."""
+    # The relay only copies bytes: the :authority and, over TLS, the name checked
+    # against the certificate are the verifier's, not 127.0.0.1's.
+    authority = config.verifier if target is not None else None
     server_name = config.tls_server_name
     if server_name is None and target is not None:
         server_name = split_host_port(config.verifier)[0]
-    if server_name:
-        options.append(("grpc.ssl_target_name_override", server_name))
-    return grpc.secure_channel(target or config.verifier, credentials, options=options)
+    tls_ca = None if config.tls_ca is None else config.tls_ca.read_bytes()
+    return Channel(
+        target or config.verifier, tls_ca=tls_ca, server_name=server_name, authority=authority
+    )
 
 
 class Agent:
@@ -145,8 +143,8 @@ class Agent:
         self,
         config: AgentConfig,
         tpm: Tpm,
-        stub: pb_grpc.AttestationStub,
-        credentials: admission_grpc.CredentialsStub | None = None,
+        stub: AttestationClient,
+        credentials: CredentialsClient | None = None,
     ) -> None:
         self.config = config
         self.tpm = tpm
@@ -258,20 +256,19 @@ class Agent:
         at its interval (the gate refuses for reasons the next round may not have)."""
         try:
             self.credentials().keep_certificate()
-        except grpc.RpcError as exc:
+        except RpcError as exc:
             log.warning(
                 "certificate not renewed",
                 extra={
-                    "fields": {
-                        "node": self.node_id,
-                        "code": exc.code().name,
-                        "detail": exc.details(),
-                    }
+                    "fields": {"node": self.node_id, "code": exc.code.name, "detail": exc.details}
                 },
             )
 
     def credentials(self) -> CredentialClient:
-        """This node's client of the verifier's credential gate."""
+        """This node's client of the verifier's credential gate.  Imported on first use:
+        certificates bring pyca/cryptography (about 10 MB) into an agent that keeps one."""
+        from attestor.credentials import CredentialClient
+
         if self.credentials_stub is None:
             raise RuntimeError("this agent was built without a Credentials stub")
         return CredentialClient(
@@ -367,8 +364,8 @@ class Agent:
                 )
                 sdnotify.rest(stop, self.config.interval_seconds, ping_every)
                 continue
-            except grpc.RpcError as exc:
-                code = exc.code()
+            except RpcError as exc:
+                code = exc.code
                 if code in FORGOTTEN and self.state.enrolled:
                     log.warning(
                         "verifier does not know this node; enrolling again",
@@ -377,7 +374,7 @@ class Agent:
                     self.state.enrolled = False
                     self.state_dir.save_state(self.state)
                     continue
-                detail = exc.details() if hasattr(exc, "details") else str(exc)
+                detail = exc.details
                 level = logging.WARNING if code in RETRYABLE else logging.ERROR
                 log.log(
                     level,
@@ -423,12 +420,7 @@ def run_agent(config: AgentConfig, stop: threading.Event) -> None:
             relay = SourceAddressRelay(config.verifier, config.source_address)
             target = stack.enter_context(relay).address
         channel = stack.enter_context(open_channel(config, target))
-        agent = Agent(
-            config,
-            tpm,
-            pb_grpc.AttestationStub(channel),
-            admission_grpc.CredentialsStub(channel),
-        )
+        agent = Agent(config, tpm, AttestationClient(channel), CredentialsClient(channel))
         sdnotify.notify("READY=1")
         agent.run(stop)
         sdnotify.notify("STOPPING=1")

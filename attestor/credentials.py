@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives import serialization
 from attestor.bound_key import BoundKey, load_or_create_bound_key
 from attestor.state_files import write_atomic
 from attestor.tpm import AkBlobs, Tpm
+from lightgate.wire.clients import CredentialsClient
 from lightgate.wire.v1 import admission_pb2 as pb
-from lightgate.wire.v1 import admission_pb2_grpc as pb_grpc
 from verifier.evidence.keys import public_key
 from verifier.evidence.tpm_public import parse_public
 
@@ -44,7 +44,7 @@ class CredentialClient:
         tpm: Tpm,
         ak: AkBlobs,
         state_dir: Path,
-        stub: pb_grpc.CredentialsStub,
+        stub: CredentialsClient,
         timeout: float = 10.0,
     ) -> None:
         self.node_id = node_id

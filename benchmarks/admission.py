@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as h
 import grpc
 
-from attestor.agent import Agent
+from attestor.agent import Agent, open_channel
 from attestor.tpm import Tpm
 from lightgate.config import (
     AdminConfig,
@@ -79,12 +79,12 @@ from lightgate.sim.boot import (
     measure_boot,
 )
 from lightgate.sim.swtpm import SimulatorCA, Swtpm, provision, require_tools
+from lightgate.wire.clients import AttestationClient
 from lightgate.wire.v1 import admin_pb2 as admin_pb
 from lightgate.wire.v1 import admin_pb2_grpc as admin_grpc
 from lightgate.wire.v1 import admission_pb2 as pb
 from lightgate.wire.v1 import admission_pb2_grpc as pb_grpc
 from lightgate.wire.v1 import attestation_pb2 as attestation_pb
-from lightgate.wire.v1 import attestation_pb2_grpc as attestation_grpc
 from verifier.admission.decide import NodeTrust, RefusalMemo, Requirements, filter_nodes
 from verifier.server import RunningVerifier, start_verifier
 
@@ -284,7 +284,6 @@ def real_node(root: Path, trust_seconds: float) -> Iterator[tuple[RunningVerifie
         stack.callback(running.stop, 0)
         import_golden(running.store, golden_from_fixture(GOOD_BOOT))
         running.verifier.references.refresh()
-        channel = stack.enter_context(grpc.insecure_channel(f"127.0.0.1:{running.port}"))
         agent_config = AgentConfig(
             node_id="bench-node",
             verifier=f"127.0.0.1:{running.port}",
@@ -292,7 +291,8 @@ def real_node(root: Path, trust_seconds: float) -> Iterator[tuple[RunningVerifie
             state_dir=root / "agent",
             event_log=fixture_path(GOOD_BOOT),
         )
-        agent = Agent(agent_config, tpm, attestation_grpc.AttestationStub(channel))
+        agent_channel = stack.enter_context(open_channel(agent_config))
+        agent = Agent(agent_config, tpm, AttestationClient(agent_channel))
         agent.enroll()
         admin = admin_grpc.AdminStub(
             stack.enter_context(grpc.insecure_channel(f"127.0.0.1:{running.admin_port}"))

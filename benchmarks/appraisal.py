@@ -63,6 +63,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import dataclasses
 import gc
 import hashlib
 import io
@@ -87,7 +88,7 @@ import _harness as h
 import grpc
 
 import verifier.appraiser as appraiser_module
-from attestor.agent import Agent
+from attestor.agent import Agent, open_channel
 from attestor.tpm import Tpm
 from lightgate.config import (
     AgentConfig,
@@ -107,11 +108,12 @@ from lightgate.sim.boot import (
 )
 from lightgate.sim.swtpm import SimulatorCA, Swtpm, provision, require_tools
 from lightgate.wire import convert
+from lightgate.wire.clients import AttestationClient
 from lightgate.wire.v1 import attestation_pb2 as pb
 from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
 from verifier.api.attestation import AttestationServicer
 from verifier.appraisal import Appraisal, BootAppraisal, BootAppraiser, decide
-from verifier.evidence.quote import PcrValues
+from verifier.evidence.pcr_values import PcrValues
 from verifier.operators import Operators
 from verifier.policy import MemoisedEngine
 from verifier.results import sign_result, sign_result_cose, verify_result, verify_result_cose
@@ -255,9 +257,9 @@ def enroll(verifier: Verifier, agent_config: AgentConfig, tpm: Tpm) -> Agent:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        config = agent_config.model_copy(update={"verifier": f"127.0.0.1:{port}"})
-        with grpc.insecure_channel(config.verifier) as channel:
-            agent = Agent(config, tpm, pb_grpc.AttestationStub(channel))
+        config = dataclasses.replace(agent_config, verifier=f"127.0.0.1:{port}")
+        with open_channel(config) as channel:
+            agent = Agent(config, tpm, AttestationClient(channel))
             agent.enroll()
     finally:
         server.stop(0).wait()

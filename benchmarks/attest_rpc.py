@@ -83,9 +83,11 @@ from lightgate.sim.boot import (
 )
 from lightgate.sim.swtpm import SimulatorCA, Swtpm, provision, require_tools
 from lightgate.wire import convert
+from lightgate.wire.channel import Channel
+from lightgate.wire.clients import AttestationClient
 from lightgate.wire.v1 import attestation_pb2 as pb
 from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
-from verifier.evidence.quote import PcrValues
+from verifier.evidence.pcr_values import PcrValues
 from verifier.store import Store
 
 NAME = "attest_rpc"
@@ -121,7 +123,7 @@ class Fleet:
     node_tpm: dict[str, TpmNode]
     nodes: list[str]
 
-    def agent(self, node: str, address: str, stub: pb_grpc.AttestationStub) -> Agent:
+    def agent(self, node: str, address: str, stub: AttestationClient) -> Agent:
         owner = self.node_tpm[node]
         config = AgentConfig(
             node_id=node,
@@ -862,7 +864,17 @@ def run_backend(
         )
     )
     stub = pb_grpc.AttestationStub(channel)
-    agents = {node: fleet.agent(node, server.address, stub) for node in fleet.nodes}
+    # The agents enroll over their own transport, one channel per swtpm (enrollment
+    # runs a thread per swtpm); the measured load below goes through grpcio's stub.
+    agent_channels = {
+        id(member): stack.enter_context(Channel(server.address)) for member in fleet.tpms
+    }
+    agents = {
+        node: fleet.agent(
+            node, server.address, AttestationClient(agent_channels[id(fleet.node_tpm[node])])
+        )
+        for node in fleet.nodes
+    }
 
     h.progress(f"[{backend}] enrolling {len(fleet.nodes)} nodes on {len(fleet.tpms)} swtpms")
     started = time.monotonic()

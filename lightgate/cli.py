@@ -6,6 +6,7 @@ Errors are one line starting with `error:` and a non-zero exit, never a tracebac
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
@@ -28,7 +29,7 @@ from lightgate.cli_node import admin_app, node_app
 from lightgate.cli_policy import policy_app
 from lightgate.cli_report import report
 from lightgate.cli_result import result_app
-from lightgate.config import AgentConfig, ConfigError, VerifierConfig, load_config
+from lightgate.config import ConfigError, VerifierConfig, load_config
 from lightgate.errors import Refusal
 
 app = typer.Typer(
@@ -92,12 +93,16 @@ def verifier_serve(config: ConfigOption = None, log_level: str = "INFO") -> None
 
 @agent_app.command("run")
 def agent_run(config: ConfigOption = None, log_level: str = "INFO") -> None:
-    """Enroll this node's TPM, then attest every interval until SIGTERM or Ctrl-C."""
-    from attestor.agent import run_agent
+    """Enroll this node's TPM, then attest every interval until SIGTERM or Ctrl-C.
 
-    logs.configure(log_level)
-    settings = load_config(AgentConfig, config)
-    run_agent(settings, _stop_on_signals())
+    This process becomes `lightgate-agent` (exec, same pid): the agent alone, without
+    this CLI's modules, which would triple its memory on every node."""
+    argv = [sys.executable, "-m", "attestor", "--log-level", log_level]
+    if config is not None:
+        argv += ["--config", str(config)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter, an argv list
 
 
 # --- quotes ---------------------------------------------------------------------------
@@ -130,7 +135,8 @@ def _check_quote_files(
     ak: Path, message: Path, signature: Path, pcrs: Path, nonce: str
 ) -> dict[str, Any]:
     from verifier.evidence.keys import AttestationKey
-    from verifier.evidence.quote import PcrValues, Quote, verify_quote_offline
+    from verifier.evidence.pcr_values import PcrValues
+    from verifier.evidence.quote import Quote, verify_quote_offline
 
     try:
         expected_nonce = bytes.fromhex(nonce)

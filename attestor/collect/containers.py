@@ -25,8 +25,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-import grpc
-
 from attestor.collect.runtime import (
     ContainerRecordMalformed,
     ContainerRuntimeApiFailed,
@@ -36,15 +34,9 @@ from attestor.collect.runtime import (
     TaskStatus,
     require_socket,
 )
-from lightgate.wire.containerd import (
-    containers_pb2,
-    containers_pb2_grpc,
-    images_pb2,
-    images_pb2_grpc,
-    task_pb2,
-    tasks_pb2,
-    tasks_pb2_grpc,
-)
+from lightgate.wire.channel import Channel, RpcError, StatusCode
+from lightgate.wire.clients import ContainersClient, ImagesClient, TasksClient
+from lightgate.wire.containerd import containers_pb2, images_pb2, task_pb2, tasks_pb2
 from verifier.evidence.images import DIGEST, ImageRecord, reported_name
 
 __all__ = [  # the runtime-neutral records and errors, as this source's callers know them
@@ -148,7 +140,7 @@ def running_container(
 
 
 class ContainerdClient:
-    """Calls to one containerd namespace over `unix://<socket_path>`; use as a context."""
+    """Calls to one containerd namespace over `unix:<socket_path>`; use as a context."""
 
     def __init__(
         self,
@@ -165,10 +157,10 @@ class ContainerdClient:
         self.namespace = namespace
         self.timeout = timeout
         self._metadata = ((NAMESPACE_METADATA_KEY, namespace),)
-        self._channel = grpc.insecure_channel(f"unix://{socket_path}")
-        self._containers = containers_pb2_grpc.ContainersStub(self._channel)
-        self._tasks = tasks_pb2_grpc.TasksStub(self._channel)
-        self._images = images_pb2_grpc.ImagesStub(self._channel)
+        self._channel = Channel(f"unix:{socket_path}")
+        self._containers = ContainersClient(self._channel)
+        self._tasks = TasksClient(self._channel)
+        self._images = ImagesClient(self._channel)
 
     def __enter__(self) -> ContainerdClient:
         return self
@@ -191,7 +183,7 @@ class ContainerdClient:
                 metadata=self._metadata,
                 timeout=self.timeout,
             )
-        except grpc.RpcError as exc:
+        except RpcError as exc:
             raise self._failure("Containers/List", exc) from exc
         return list(response.containers)
 
@@ -200,7 +192,7 @@ class ContainerdClient:
             response = self._tasks.List(
                 tasks_pb2.ListTasksRequest(), metadata=self._metadata, timeout=self.timeout
             )
-        except grpc.RpcError as exc:
+        except RpcError as exc:
             raise self._failure("Tasks/List", exc) from exc
         return list(response.tasks)
 
@@ -210,15 +202,15 @@ class ContainerdClient:
             response = self._images.List(
                 images_pb2.ListImagesRequest(), metadata=self._metadata, timeout=self.timeout
             )
-        except grpc.RpcError as exc:
+        except RpcError as exc:
             raise self._failure("Images/List", exc) from exc
         return list(response.images)
 
-    def _failure(self, call: str, exc: grpc.RpcError) -> ContainerRuntimeError:
-        code = exc.code()
+    def _failure(self, call: str, exc: RpcError) -> ContainerRuntimeError:
+        code = exc.code
         where = f"containerd at {self.socket_path}, namespace {self.namespace!r}"
-        detail = f"{call}: {code.name}: {exc.details()}"
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        detail = f"{call}: {code.name}: {exc.details}"
+        if code in (StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED):
             return ContainerRuntimeUnavailable(f"{where} did not answer {detail}")
         return ContainerRuntimeApiFailed(f"{where} refused {detail}")
 

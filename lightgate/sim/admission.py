@@ -15,10 +15,10 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
-import grpc
 from cryptography import x509
 
 from attestor.agent import Agent
+from lightgate.wire.channel import RpcError
 
 WORKLOAD_POD = {
     "metadata": {
@@ -106,8 +106,8 @@ class SimAdmission:
         """Ask the gate for a certificate for the node's TPM-bound key."""
         try:
             issued = agent.credentials().request_certificate()
-        except grpc.RpcError as exc:
-            return None, exc.details() or exc.code().name
+        except RpcError as exc:
+            return None, exc.details or exc.code.name
         certificate = x509.load_der_x509_certificate(issued.certificate)
         until = certificate.not_valid_after_utc.strftime("%H:%M:%SZ")
         return issued.serial, f"serial {issued.serial[:12]}…, valid until {until}"

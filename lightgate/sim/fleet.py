@@ -39,10 +39,10 @@ from lightgate.sim.boot import fixture_path, golden_from_fixture, import_golden,
 from lightgate.sim.images import sim_images
 from lightgate.sim.scenarios import SCENARIOS, Environment, Scenario, Verdict, check_plan
 from lightgate.sim.swtpm import SimulatorCA, Swtpm, provision, require_tools
+from lightgate.wire.channel import RpcError
+from lightgate.wire.clients import AttestationClient, CredentialsClient
 from lightgate.wire.v1 import admin_pb2 as admin_pb
 from lightgate.wire.v1 import admin_pb2_grpc as admin_pb_grpc
-from lightgate.wire.v1 import admission_pb2_grpc as admission_pb_grpc
-from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
 from verifier.server import start_verifier
 
 SIM_NONCE_TTL_SECONDS = 2.0  # short, so expired-nonce shows in seconds, not a minute
@@ -285,18 +285,13 @@ def _run_node(fleet: _Fleet, node: str, scenario_name: str) -> NodeResult:
             )
             tpm = own.enter_context(Tpm(agent_config.tcti, agent_config.ek_kind))
             measure_boot(tpm, boot_log)  # the firmware's measurements, at power-on
-            agent = Agent(
-                agent_config,
-                tpm,
-                pb_grpc.AttestationStub(channel),
-                admission_pb_grpc.CredentialsStub(channel),
-            )
+            agent = Agent(agent_config, tpm, AttestationClient(channel), CredentialsClient(channel))
             verdict = scenario.run(agent, fleet.env)
             admission = None
             if fleet.env.admission is not None:
                 admission = fleet.env.admission.check(agent)
-    except grpc.RpcError as exc:
-        verdict = Verdict("none", exc.details() or exc.code().name)
+    except RpcError as exc:
+        verdict = Verdict("none", exc.details or exc.code.name)
         admission = None
     except TpmError as exc:
         verdict = Verdict("none", f"tpm: {exc}")

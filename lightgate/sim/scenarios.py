@@ -15,13 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import grpc
-
 from attestor.agent import Agent
 from attestor.tpm import Tpm, TpmError
 from lightgate.sim.admission import SimAdmission
 from lightgate.sim.images import SimImages
 from lightgate.wire import convert
+from lightgate.wire.channel import RpcError
 from lightgate.wire.v1 import attestation_pb2 as pb
 
 
@@ -89,9 +88,9 @@ def _enroll(agent: Agent, env: Environment) -> None:
         env.operator.tag(agent.node_id, SIM_TAG)
 
 
-def _refused(exc: grpc.RpcError) -> Verdict:
+def _refused(exc: RpcError) -> Verdict:
     """A refused enrollment: the verifier makes no claim about the node (EAR "none")."""
-    return Verdict("none", exc.details() or exc.code().name)
+    return Verdict("none", exc.details or exc.code.name)
 
 
 def good(agent: Agent, env: Environment) -> Verdict:
@@ -103,7 +102,7 @@ def good(agent: Agent, env: Environment) -> Verdict:
 def forged_ek(agent: Agent, env: Environment) -> Verdict:
     try:
         agent.enroll()
-    except grpc.RpcError as exc:
+    except RpcError as exc:
         return _refused(exc)
     return _verdict(agent.attest_once())
 
@@ -129,7 +128,7 @@ def foreign_ak(agent: Agent, env: Environment) -> Verdict:
             pb.ActivateCredentialRequest(node_id=agent.node_id, secret=secret),
             timeout=agent.config.rpc_timeout_seconds,
         )
-    except grpc.RpcError as exc:
+    except RpcError as exc:
         return _refused(exc)
     return Verdict("none", "foreign AK was activated")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from attestor.agent import Agent
+from attestor.agent import Agent, open_channel
 from attestor.tpm import Tpm
 from lightgate.config import (
     AdminConfig,
@@ -30,6 +30,8 @@ from lightgate.sim.boot import (
     measure_boot,
 )
 from lightgate.sim.swtpm import SimulatorCA, Swtpm, provision
+from lightgate.wire.channel import Channel
+from lightgate.wire.clients import AttestationClient, CredentialsClient
 from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
 from verifier.server import RunningVerifier, start_verifier
 
@@ -180,6 +182,7 @@ AgentFactory = Callable[..., Agent]
 @pytest.fixture
 def make_agent(tmp_path: Path) -> Iterator[AgentFactory]:
     opened: list[Tpm] = []
+    channels: list[Channel] = []
 
     def factory(
         swtpm: Swtpm, handle: VerifierHandle, node_id: str | None = None, **overrides: object
@@ -196,8 +199,13 @@ def make_agent(tmp_path: Path) -> Iterator[AgentFactory]:
         config = AgentConfig(**settings)  # type: ignore[arg-type]
         tpm = Tpm(config.tcti, config.ek_kind)
         opened.append(tpm)
-        return Agent(config, tpm, handle.stub)
+        # The agent's own transport (lightgate.wire.channel), as `run_agent` opens it.
+        channel = open_channel(config)
+        channels.append(channel)
+        return Agent(config, tpm, AttestationClient(channel), CredentialsClient(channel))
 
     yield factory
     for tpm in opened:
         tpm.close()
+    for channel in channels:
+        channel.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 from attestor.tpm import Tpm, TpmError
 from lightgate.config import EnrollmentConfig
 from lightgate.sim.boot import GOOD_BOOT, fixture_path, measure_boot
+from lightgate.wire.channel import RpcError
 from lightgate.wire.v1 import attestation_pb2 as pb
 from verifier.evidence.keys import spki_der
 from verifier.evidence.tpm_public import parse_public
@@ -27,10 +29,29 @@ AFFIRMING = pb.TRUST_STATUS_AFFIRMING
 CONTRAINDICATED = pb.TRUST_STATUS_CONTRAINDICATED
 
 
-def rpc_error(call: object) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as caught:
+@dataclass(frozen=True)
+class Failure:
+    """A call's failure, from grpcio's stubs (the verifier's clients) or from the agent's
+    own channel (`lightgate.wire.channel`), in grpcio's terms."""
+
+    status: grpc.StatusCode
+    text: str
+
+    def code(self) -> grpc.StatusCode:
+        return self.status
+
+    def details(self) -> str:
+        return self.text
+
+
+def rpc_error(call: object) -> Failure:
+    with pytest.raises((grpc.RpcError, RpcError)) as caught:
         call()  # type: ignore[operator]
-    return caught.value
+    error = caught.value
+    if isinstance(error, RpcError):
+        return Failure(grpc.StatusCode[error.code.name], error.details)
+    assert isinstance(error, grpc.Call)
+    return Failure(error.code(), error.details() or "")
 
 
 def test_good_node_enrolls_and_attests(
@@ -428,14 +449,7 @@ def test_agent_survives_verifier_outage(
 
     class Later:  # the address the agent dials before any server listens there
         address = f"127.0.0.1:{port}"
-        stub = None
 
-    import grpc as grpc_module
-
-    from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
-
-    channel = grpc_module.insecure_channel(Later.address)
-    Later.stub = pb_grpc.AttestationStub(channel)
     agent = make_agent(
         swtpm,
         Later,
@@ -459,7 +473,6 @@ def test_agent_survives_verifier_outage(
         time.sleep(0.1)
     stop.set()
     runner.join(timeout=10)
-    channel.close()
     assert node is not None and node.last_status == "affirming"
     assert not runner.is_alive()
 

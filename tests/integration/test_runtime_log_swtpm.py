@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,11 +30,13 @@ from lightgate.config import DEFAULT_RUNTIME_PCR, AgentConfig
 from lightgate.sim.boot import GOOD_BOOT, fixture_path
 from lightgate.sim.swtpm import Swtpm
 from lightgate.wire import convert
+from lightgate.wire.channel import Channel
+from lightgate.wire.clients import AttestationClient
 from lightgate.wire.v1 import attestation_pb2 as pb
-from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
 from verifier.evidence.errors import RuntimeLogReplayMismatch
 from verifier.evidence.keys import AttestationKey
-from verifier.evidence.quote import PcrValues, Quote, verify_quote_offline
+from verifier.evidence.pcr_values import PcrValues
+from verifier.evidence.quote import Quote, verify_quote_offline
 from verifier.evidence.runtime_log import (
     TAGGED_EVENT_ASSET_TAG,
     TaggedEvent,
@@ -199,7 +200,7 @@ def _agent(swtpm: Swtpm, tpm: Tpm, state_dir: Path) -> Agent:
         event_log=fixture_path(GOOD_BOOT),
         verifier="127.0.0.1:1",  # collect() never calls the verifier
     )
-    return Agent(config, tpm, pb_grpc.AttestationStub(grpc.insecure_channel(config.verifier)))
+    return Agent(config, tpm, AttestationClient(Channel(config.verifier)))
 
 
 def _challenge(asset_tag: str) -> pb.ChallengeResponse:
@@ -343,7 +344,7 @@ def test_agent_attests_from_its_source_address(
         SourceAddressRelay(config.verifier, config.source_address) as relay,
         open_channel(config, relay.address) as channel,
     ):
-        agent = Agent(config, tpm, pb_grpc.AttestationStub(channel))
+        agent = Agent(config, tpm, AttestationClient(channel))
         agent.enroll()
         assert agent.attest_once().status == pb.TRUST_STATUS_AFFIRMING
     stored = handle.running.store.get_node(node)

@@ -18,6 +18,8 @@ from attestor.agent import Agent, open_channel
 from attestor.tpm import Tpm
 from lightgate.config import AgentConfig
 from lightgate.sim.boot import GOOD_BOOT, fixture_path
+from lightgate.wire.channel import RpcError, StatusCode
+from lightgate.wire.clients import AttestationClient
 from lightgate.wire.v1 import attestation_pb2 as pb
 from lightgate.wire.v1 import attestation_pb2_grpc as pb_grpc
 
@@ -68,7 +70,7 @@ def test_agent_attests_over_tls(make_swtpm: Any, make_verifier: Any, tmp_path: P
         event_log=fixture_path(GOOD_BOOT),
     )
     with Tpm(config.tcti) as tpm, open_channel(config) as channel:
-        agent = Agent(config, tpm, pb_grpc.AttestationStub(channel))
+        agent = Agent(config, tpm, AttestationClient(channel))
         agent.enroll()
         assert agent.attest_once().status == pb.TRUST_STATUS_AFFIRMING
 
@@ -93,7 +95,21 @@ def test_agent_refuses_verifier_with_untrusted_certificate(
         verifier=handle.address, tls_ca=other_ca, tls_server_name="verifier.lightgate.test"
     )
     with open_channel(config) as channel:
-        stub = pb_grpc.AttestationStub(channel)
-        with pytest.raises(grpc.RpcError) as caught:
+        stub = AttestationClient(channel)
+        with pytest.raises(RpcError) as caught:
             stub.Challenge(pb.ChallengeRequest(node_id="n"), timeout=5)
-    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.code == StatusCode.UNAVAILABLE
+    assert "certificate" in caught.value.details
+
+
+def test_agent_refuses_verifier_under_another_name(make_verifier: Any, tmp_path: Path) -> None:
+    """The CA is right, the name is not: a verifier impersonated with a certificate the
+    same CA issued for another host is refused."""
+    cert, key = _self_signed(tmp_path, "verifier.lightgate.test")
+    handle = make_verifier(tls_cert=cert, tls_key=key)
+    config = AgentConfig(
+        verifier=handle.address, tls_ca=cert, tls_server_name="other.lightgate.test"
+    )
+    with open_channel(config) as channel, pytest.raises(RpcError) as caught:
+        AttestationClient(channel).Challenge(pb.ChallengeRequest(node_id="n"), timeout=5)
+    assert caught.value.code == StatusCode.UNAVAILABLE

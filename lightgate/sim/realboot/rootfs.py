@@ -45,20 +45,48 @@ GUEST_PACKAGES: Final = (
     "tpm-udev",
     "python3",
     "python3-venv",
-    "libtss2-esys-3.0.2-0",
-    "libtss2-fapi1",
-    "libtss2-mu0",
-    "libtss2-rc0",
-    "libtss2-sys1",
-    "libtss2-tctildr0",
-    "libtss2-tcti-device0",
-)
+)  # no tpm2-tss: the agent speaks TPM 2.0 to /dev/tpmrm0 itself (attestor/tpm2/)
 IMAGE_BYTES: Final = 2 << 30
 VENV: Final = "/opt/lightgate"
 #: Lightgate's own packages, copied into the guest's venv.
 PROJECT_PACKAGES: Final = ("attestor", "lightgate", "verifier")
-#: Host venv packages the agent never imports (tools, tests, the verifier's store).
+#: Host venv packages the agent never imports (tools, tests, the verifier's store, its
+#: gRPC server, policy engine and CLI); tests/unit/attestor/test_agent_footprint.py
+#: checks that the agent loads none of them.
 EXCLUDED: Final = (
+    "grpc",
+    "grpcio",
+    "grpc_health",
+    "grpcio_health_checking",
+    "grpc_reflection",
+    "grpcio_reflection",
+    "grpcio_tools",
+    "tpm2_pytss",
+    "pydantic",
+    "pydantic_core",
+    "pydantic_settings",
+    "typing_inspection",
+    "annotated_types",
+    "dotenv",
+    "python_dotenv",
+    "typer",
+    "rich",
+    "shellingham",
+    "markdown_it",
+    "markdown_it_py",
+    "mdurl",
+    "mako",
+    "markupsafe",
+    "cbor2",
+    "gordon_to_regorus",
+    "sortedcontainers",
+    "mypy_protobuf",
+    "types_protobuf",
+    "types_pyyaml",
+    "iniconfig",
+    "pluggy",
+    "pathspec",
+    "packaging",
     "mypy",
     "mypyc",
     "mypy_extensions",
