@@ -282,10 +282,20 @@ class Tpm:
         if self._ek_handle is not None:
             return self._ek_handle
         cert_index, nonce_index, template_index = _EK_NV[self.ek_kind]
-        certificate = self.nv_read(cert_index)
-        template = self.nv_read(template_index)
-        if template is None:
-            template = cmd.ek_template(self.ek_kind, self.nv_read(nonce_index) or b"")
+        what = f"creating the {self.ek_kind.upper()} EK failed"
+        try:
+            certificate = self.nv_read(cert_index)
+            stored = self.nv_read(template_index)
+            nonce = self.nv_read(nonce_index) or b""
+        except TpmError as exc:
+            raise TpmError(f"{what}: {exc}") from None
+        try:
+            if stored is None:
+                template = cmd.ek_template(self.ek_kind, nonce)
+            else:
+                template = cmd.with_ek_nonce(stored, nonce)
+        except ValueError as exc:
+            raise TpmError(f"{what}: the EK template in NV 0x{template_index:08x}: {exc}") from None
         parameters = cmd.EMPTY_SENSITIVE + tpm2b(template) + tpm2b(b"") + cmd.EMPTY_PCR_SELECTION
         try:
             response = self.execute(
@@ -296,7 +306,7 @@ class Tpm:
                 returns_handle=True,
             )
         except TpmError as exc:
-            raise TpmError(f"creating the {self.ek_kind.upper()} EK failed: {exc}") from None
+            raise TpmError(f"{what}: {exc}") from None
         handle = response.handles[0]
         try:
             public = Reader(response.parameters, "TPM2_CreatePrimary").tpm2b("outPublic")
@@ -590,6 +600,8 @@ class Tpm:
                 asked = PcrSelection((PcrBankSelection(alg, tuple(batch)),))
                 try:
                     response = self.execute(CC.PCR_Read, (), marshal_pcr_selection(asked))
+                except ValueError as exc:  # a PCR beyond any TPM's
+                    raise TpmError(f"TPM2_PCR_Read {spec}: {exc}") from None
                 except TpmError as exc:
                     raise TpmError(f"TPM2_PCR_Read {spec} failed: {exc}") from None
                 try:

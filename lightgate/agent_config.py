@@ -53,6 +53,9 @@ _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
 _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 
 
+_WEEK = 7 * 24 * 3600  # longer intervals and timeouts are mistakes, and overflow sockets
+
+
 class _Fields:
     """Coerces an instance's fields in place (lax, as pydantic did), collecting every
     refusal so that one error names all the bad fields."""
@@ -87,6 +90,17 @@ class _Fields:
 
     def number(self, name: str, *, gt: float, le: float | None = None) -> None:
         self._coerce(name, lambda value: _bounded(_number(value), gt=gt, le=le), False)
+
+    def target(self, name: str) -> None:
+        """A gRPC target the agent's channel can dial (host:port, [v6]:port, unix:)."""
+        from lightgate.wire.channel import parse_target
+
+        value = getattr(self.owner, name)
+        if isinstance(value, str):
+            try:
+                parse_target(value)
+            except ValueError as exc:
+                self.problems.append(f"{self.prefix}{name}: {exc}")
 
     def integer(self, name: str, *, ge: int, le: int) -> None:
         self._coerce(name, lambda value: _bounded(_integer(value), ge=ge, le=le), False)
@@ -273,16 +287,13 @@ class AgentConfig:
         check.path("event_log", optional=True)
         check.choice("ek_kind", ("rsa", "ecc"))
         check.choice("ak_algorithm", ("ecc", "rsa"))
-        for name in (
-            "interval_seconds",
-            "rpc_timeout_seconds",
-            "backoff_initial_seconds",
-            "backoff_max_seconds",
-        ):
-            check.number(name, gt=0)
+        for name in ("interval_seconds", "backoff_initial_seconds", "backoff_max_seconds"):
+            check.number(name, gt=0, le=_WEEK)
+        check.number("rpc_timeout_seconds", gt=0, le=3600)
         check.number("container_timeout_seconds", gt=0, le=60)
         check.integer("runtime_pcr", ge=0, le=15)
         check.flag("certificate")
+        check.target("verifier")
         try:
             object.__setattr__(self, "containers", _sources(self.containers))
         except _Invalid as exc:
@@ -299,7 +310,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """The YAML file's top-level mapping (empty for an empty file)."""
     try:
         loaded = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")

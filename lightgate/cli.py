@@ -97,6 +97,9 @@ def agent_run(config: ConfigOption = None, log_level: str = "INFO") -> None:
 
     This process becomes `lightgate-agent` (exec, same pid): the agent alone, without
     this CLI's modules, which would triple its memory on every node."""
+    from lightgate.agent_config import load_agent_config
+
+    load_agent_config(config)  # a bad file is this CLI's one-line error, before the exec
     argv = [sys.executable, "-m", "attestor", "--log-level", log_level]
     if config is not None:
         argv += ["--config", str(config)]

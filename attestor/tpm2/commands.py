@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
+from verifier.evidence.errors import TpmStructureMalformed
 from verifier.evidence.tpm_public import (
     EccCurve,
     ObjectAttributes,
@@ -279,23 +280,70 @@ _AES_128_CFB: Final = SymDef(Alg.AES, 128, Alg.CFB)
 
 def ek_template(kind: str, nonce: bytes = b"") -> bytes:
     """The TCG default EK template (EK Credential Profile 2.0, B.3.3: L-1 RSA 2048, L-2
-    ECC NIST P-256) as TPMT_PUBLIC.  A manufacturer's EK nonce (NV 0x01c00003 or
-    0x01c0000b) fills the start of the unique field, zero-padded (B.4.4)."""
+    ECC NIST P-256) as TPMT_PUBLIC, with the manufacturer's EK nonce if there is one."""
     if kind == "rsa":
-        unique = nonce.ljust(256, b"\x00")[:256]
         public = PublicArea(
             b"", Alg.RSA, Alg.SHA256, _EK_ATTRIBUTES, EK_POLICY, _AES_128_CFB, Alg.NULL, 0,
-            key_bits=2048, exponent=0, modulus=unique,
+            key_bits=2048, exponent=0, modulus=bytes(256),
         )  # fmt: skip
     elif kind == "ecc":
         public = PublicArea(
             b"", Alg.ECC, Alg.SHA256, _EK_ATTRIBUTES, EK_POLICY, _AES_128_CFB, Alg.NULL, 0,
-            curve=EccCurve.NIST_P256, kdf=Alg.NULL, x=nonce.ljust(32, b"\x00")[:32],
-            y=bytes(32),
+            curve=EccCurve.NIST_P256, kdf=Alg.NULL, x=bytes(32), y=bytes(32),
         )  # fmt: skip
     else:
         raise ValueError(f"EK kind {kind!r} is not rsa or ecc")
-    return marshal_public(public)
+    return with_ek_nonce(marshal_public(public), nonce)
+
+
+_ECC_KEY_BYTES: Final = {EccCurve.NIST_P256: 32, EccCurve.NIST_P384: 48, EccCurve.NIST_P521: 66}
+_ECC_CURVES: Final = frozenset(int(curve) for curve in EccCurve)
+
+
+def with_ek_nonce(template: bytes, nonce: bytes) -> bytes:
+    """An EK template (the default one, or the one a manufacturer stored in NV) with the
+    EK nonce in its unique field: for RSA the nonce zero-padded to the key's size, for
+    ECC x the nonce zero-padded to the curve's size and y zeros (EK Credential Profile
+    2.0, 2.2.1.5).  Without a nonce the template is returned as far as its structure
+    goes (an NV index may hold padding after it).  Every other byte stays as it was:
+    the TPM derives a primary key from the template's exact bytes.  ValueError for bytes
+    that are not an RSA or ECC TPMT_PUBLIC."""
+    try:
+        reader = Reader(template, "EK template")
+        key_type = reader.u16("type")
+        reader.u16("nameAlg")
+        reader.u32("objectAttributes")
+        reader.tpm2b("authPolicy", 64)
+        if reader.u16("symmetric.algorithm") != Alg.NULL:
+            reader.u16("symmetric.keyBits")
+            reader.u16("symmetric.mode")
+        scheme = reader.u16("scheme")
+        if scheme not in (Alg.NULL, Alg.RSAES):
+            reader.u16("scheme.hashAlg")
+            if scheme == Alg.ECDAA:
+                reader.u16("scheme.count")
+        if key_type == Alg.RSA:
+            key_bytes = reader.u16("keyBits") // 8
+            reader.u32("exponent")
+            prefix = reader.offset
+            unique = reader.tpm2b("unique.rsa", 512)
+            if nonce:
+                unique = nonce.ljust(key_bytes, b"\x00")[:key_bytes]
+            return template[:prefix] + tpm2b(unique)
+        if key_type == Alg.ECC:
+            curve = reader.u16("curveID")
+            if reader.u16("kdf.scheme") != Alg.NULL:
+                reader.u16("kdf.hashAlg")
+            prefix = reader.offset
+            x = reader.tpm2b("unique.x", 66)
+            y = reader.tpm2b("unique.y", 66)
+            if nonce:
+                size = _ECC_KEY_BYTES.get(EccCurve(curve), 32) if curve in _ECC_CURVES else 32
+                x, y = nonce.ljust(size, b"\x00")[:size], bytes(size)
+            return template[:prefix] + tpm2b(x) + tpm2b(y)
+    except TpmStructureMalformed as exc:
+        raise ValueError(str(exc)) from None
+    raise ValueError(f"EK template of type 0x{key_type:04x}: not an RSA or ECC key")
 
 
 def signing_key_template(algorithm: str, attributes: int) -> bytes:

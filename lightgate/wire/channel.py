@@ -54,7 +54,12 @@ __all__ = [
 ]
 
 USER_AGENT = "lightgate-agent"
-DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+# grpcio's default receive limit: a response is held several times over while it is
+# unframed and parsed, and the agent must stay small whatever a peer sends.
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+#: Reads of pending input before a reused connection is given up (a peer that keeps
+#: sending while the agent is idle must not keep it busy).
+_IDLE_READS = 64
 # Larger than h2's 64 KiB defaults so a multi-MB response is not throttled by a window
 # update per round trip.
 _STREAM_WINDOW = 4 * 1024 * 1024
@@ -468,7 +473,11 @@ class Channel:
             while not call.ended and call.reset_code is None:
                 self._pump(conn, call, deadline)
         except TimeoutError:
+            # Reset the stream so the server stops work, then drop the connection: a
+            # peer that went silent (a half-open TCP connection after a NAT timeout or a
+            # host that vanished) would make every later call wait out its deadline.
             self._cancel(conn, call)
+            self._drop()
             raise RpcError(
                 StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded calling {method}"
             ) from None
@@ -477,7 +486,10 @@ class Channel:
             raise
         except RpcError as error:
             if error.code == StatusCode.RESOURCE_EXHAUSTED:
+                # The rest of the response is never read, and its flow-control window
+                # never returned: the connection is not reused.
                 self._cancel(conn, call)
+                self._drop()
             else:
                 self._drop()
             raise
@@ -687,7 +699,7 @@ class Channel:
             want_read = (*want_read, ssl.SSLWantReadError)
         try:
             conn.sock.settimeout(0.0)
-            while conn.usable:
+            for _ in range(_IDLE_READS):
                 try:
                     data = conn.sock.recv(_RECV_BYTES)
                 except want_read:
@@ -696,6 +708,10 @@ class Channel:
                     conn.usable = False
                     break
                 self._handle(conn, conn.h2.receive_data(data), None)
+                if not conn.usable:
+                    break
+            else:
+                conn.usable = False  # still sending: a new connection instead
             if conn.usable:
                 conn.sock.settimeout(1.0)
                 conn.flush()
@@ -750,7 +766,7 @@ class Channel:
         try:
             if self._ssl_context is None:
                 context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                context.load_verify_locations(cadata=(self._tls_ca or b"").decode("ascii"))
+                context.load_verify_locations(cadata=_ca_data(self._tls_ca or b""))
                 context.set_alpn_protocols(["h2"])
                 self._ssl_context = context
             sock.settimeout(timeout)
@@ -781,3 +797,11 @@ def _error_name(error_code: int) -> str:
         return h2.errors.ErrorCodes(error_code).name
     except ValueError:
         return f"error code {error_code}"
+
+
+def _ca_data(ca: bytes) -> str | bytes:
+    """`cadata` for ssl: PEM as text (comment lines may hold any byte, as in certifi's
+    bundle), DER as bytes."""
+    if b"-----BEGIN" in ca:
+        return ca.decode("latin-1")
+    return ca

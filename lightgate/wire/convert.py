@@ -8,7 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lightgate.wire.v1 import attestation_pb2 as pb
 from verifier.evidence.errors import TpmStructureMalformed
-from verifier.evidence.pcr_values import PcrValues, check_pcr_bank
+from verifier.evidence.pcr_values import MAX_PCRS, PcrValues, check_pcr_bank
 from verifier.evidence.tpm_structures import HashAlg, PcrSelection
 
 STATUS_TO_WIRE = {
@@ -38,6 +38,13 @@ def selection_to_wire(selection: PcrSelection) -> list[pb.PcrBankSelection]:
 
 
 def selection_from_wire(banks: list[pb.PcrBankSelection]) -> PcrSelection:
+    """Raises TpmStructureMalformed on an unknown bank or a PCR no TPM has."""
+    for bank in banks:
+        for pcr in bank.pcrs:
+            if not 0 <= pcr < MAX_PCRS:
+                raise TpmStructureMalformed(
+                    "PcrBankSelection", 0, f"{bank.hash}: PCR {pcr} is out of range"
+                )
     try:
         return PcrSelection.of({HashAlg.from_name(b.hash): tuple(b.pcrs) for b in banks})
     except ValueError as exc:

@@ -15,6 +15,7 @@ from tpm2_pytss.types import TPM2B_NV_PUBLIC, TPML_PCR_SELECTION, TPMS_NV_PUBLIC
 from tpm2_pytss.utils import NVReadEK, create_ek_template
 
 from attestor.tpm import AkBlobs, Tpm, TpmError
+from attestor.tpm2.commands import ek_template
 from verifier.evidence.keys import AttestationKey
 from verifier.evidence.quote import check_signature
 from verifier.evidence.tpm_structures import HashAlg, PcrSelection, parse_attest, parse_signature
@@ -56,27 +57,32 @@ def test_ek_and_certificate_are_tpm2_tss_ones(
         assert ours.certificate is not None
 
 
+def define_platform_index(ectx: ESAPI, index: int, data: bytes) -> None:
+    """An NV index as a manufacturer provisions EK material (platform hierarchy)."""
+    nv_public = TPM2B_NV_PUBLIC(
+        nvPublic=TPMS_NV_PUBLIC(
+            nvIndex=index,
+            nameAlg=HashAlg.SHA256,
+            attributes=TPMA_NV.PPWRITE
+            | TPMA_NV.PPREAD
+            | TPMA_NV.OWNERREAD
+            | TPMA_NV.AUTHREAD
+            | TPMA_NV.NO_DA
+            | TPMA_NV.PLATFORMCREATE,
+            dataSize=len(data),
+        )
+    )
+    handle = ectx.nv_define_space(None, nv_public, ESYS_TR.PLATFORM)
+    ectx.nv_write(handle, data, 0, ESYS_TR.PLATFORM)
+
+
 def test_manufacturer_ek_nonce_is_used(make_swtpm: SwtpmFactory) -> None:
     """A TPM whose manufacturer stored an EK nonce (NV 0x01c00003): the EK is made from
     the template with the nonce in its unique field, as the certificate's key was."""
     simulator = make_swtpm(boot=None)
     nonce = bytes(range(1, 17))
     with reference(simulator.tcti) as ectx:
-        nv_public = TPM2B_NV_PUBLIC(
-            nvPublic=TPMS_NV_PUBLIC(
-                nvIndex=0x01C00003,
-                nameAlg=HashAlg.SHA256,
-                attributes=TPMA_NV.PPWRITE
-                | TPMA_NV.PPREAD
-                | TPMA_NV.OWNERREAD
-                | TPMA_NV.AUTHREAD
-                | TPMA_NV.NO_DA
-                | TPMA_NV.PLATFORMCREATE,
-                dataSize=len(nonce),
-            )
-        )
-        index = ectx.nv_define_space(None, nv_public, ESYS_TR.PLATFORM)
-        ectx.nv_write(index, nonce, 0, ESYS_TR.PLATFORM)
+        define_platform_index(ectx, 0x01C00003, nonce)
         _, expected = reference_ek(ectx, "EK-RSA2048")
     with Tpm(simulator.tcti, "rsa") as tpm:
         ours = tpm.endorsement().public
@@ -84,6 +90,33 @@ def test_manufacturer_ek_nonce_is_used(make_swtpm: SwtpmFactory) -> None:
     with Tpm(simulator.tcti, "ecc") as tpm:
         assert tpm.nv_read(0x01C00003) == nonce
         assert tpm.nv_read(0x01C0000B) is None  # not defined
+
+
+def test_manufacturer_ek_template_and_nonce_are_used(make_swtpm: SwtpmFactory) -> None:
+    """A TPM whose manufacturer stored both an EK template (NV 0x01c00004, here with
+    padding after the structure) and a nonce: the nonce goes into the stored template's
+    unique field, as tpm2-tss does, so the EK is the certified key."""
+    simulator = make_swtpm(boot=None)
+    template = ek_template("rsa") + b"\x00\x00"
+    with reference(simulator.tcti) as ectx:
+        define_platform_index(ectx, 0x01C00003, b"\x42" * 16)
+        define_platform_index(ectx, 0x01C00004, template)
+        _, expected = reference_ek(ectx, "EK-RSA2048")
+    with Tpm(simulator.tcti, "rsa") as tpm:
+        assert tpm.endorsement().public == expected
+
+
+def test_unusable_stored_ek_template_is_a_tpm_error(make_swtpm: SwtpmFactory) -> None:
+    simulator = make_swtpm(boot=None)
+    with reference(simulator.tcti) as ectx:
+        define_platform_index(ectx, 0x01C00004, b"\x00\x08garbage")
+    with (
+        Tpm(simulator.tcti, "rsa") as tpm,
+        pytest.raises(
+            TpmError, match="creating the RSA EK failed: the EK template in NV 0x01c00004"
+        ),
+    ):
+        tpm.endorsement()
 
 
 def test_pcrs_banks_and_extends_agree_with_tpm2_tss(make_swtpm: SwtpmFactory) -> None:

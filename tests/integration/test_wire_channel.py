@@ -239,7 +239,7 @@ def test_idle_connection_closed_by_server_is_replaced(
 
 def test_large_request_and_response_round_trip(server: Server) -> None:
     log = payload(BIG)
-    with Channel(server.address) as channel:
+    with Channel(server.address, max_response_bytes=2 * BIG) as channel:
         client = AttestationClient(channel)
         response = client.Attest(pb.AttestRequest(node_id="n", event_log=log), timeout=30)
         assert response.result_id == len(log)
@@ -679,7 +679,7 @@ def test_ping_is_answered(scripted: Callable[[list[Reply]], Scripted]) -> None:
     assert acked.is_set()
 
 
-def test_client_deadline_resets_the_stream_and_keeps_the_connection(
+def test_client_deadline_resets_the_stream_and_replaces_the_connection(
     scripted: Callable[[list[Reply]], Scripted],
 ) -> None:
     resets: list[int] = []
@@ -696,7 +696,8 @@ def test_client_deadline_resets_the_stream_and_keeps_the_connection(
         assert error.code == StatusCode.DEADLINE_EXCEEDED
         assert channel.unary("/a.B/C", b"", timeout=5) == b"next"
     assert resets == [h2.errors.ErrorCodes.CANCEL]
-    assert server.connections == 1
+    # A peer that let a deadline pass may be gone: the next call dials again.
+    assert server.connections == 2
 
 
 def test_tiny_peer_window_splits_the_request(scripted: Callable[[list[Reply]], Scripted]) -> None:

@@ -45,3 +45,20 @@ def test_state_dir_round_trip_and_permissions(tmp_path: Path) -> None:
     mode = stat.S_IMODE((tmp_path / "state" / "ak.priv").stat().st_mode)
     assert mode == 0o600
     assert not list((tmp_path / "state").glob("*.tmp"))
+
+
+def test_a_challenge_for_a_pcr_no_tpm_has_is_malformed() -> None:
+    """The verifier's selection reaches the TPM only if every index can exist: the agent
+    reports a malformed challenge instead of failing inside the TPM layer."""
+    import pytest
+
+    from lightgate.wire import convert
+    from lightgate.wire.v1 import attestation_pb2 as pb
+    from verifier.evidence.errors import TpmStructureMalformed
+
+    good = convert.selection_from_wire([pb.PcrBankSelection(hash="sha256", pcrs=[0, 7, 23])])
+    assert good.banks[0].pcrs == (0, 7, 23)
+    with pytest.raises(TpmStructureMalformed, match="PCR 40 is out of range"):
+        convert.selection_from_wire([pb.PcrBankSelection(hash="sha256", pcrs=[0, 40])])
+    with pytest.raises(TpmStructureMalformed, match="md5"):
+        convert.selection_from_wire([pb.PcrBankSelection(hash="md5", pcrs=[0])])

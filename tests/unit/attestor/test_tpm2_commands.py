@@ -208,3 +208,34 @@ def test_bad_tcti_strings_say_why(tcti: str, needle: str) -> None:
 def test_response_headers_with_impossible_sizes_are_refused(size: int) -> None:
     with pytest.raises(TctiError, match="announces"):
         check_response_header(struct.pack(">HII", 0x8001, size, 0), "swtpm")
+
+
+def test_stored_rsa_template_gets_the_nonce_as_tpm2_pytss_applies_it() -> None:
+    """A manufacturer's template (here the default one, with padding after it in its NV
+    index) and nonce, as `tpm2_createek -t` and tpm2-pytss combine them."""
+    stored = cmd.ek_template("rsa") + b"\x00\x00\x00"
+    nonce = bytes(range(1, 17))
+
+    def nv(index: int) -> bytes:
+        return {0x01C00003: nonce, 0x01C00004: stored}.get(index) or _absent(index)
+
+    _, reference = create_ek_template("EK-RSA2048", nv)
+    assert cmd.with_ek_nonce(stored, nonce) == reference.publicArea.marshal()
+    assert cmd.with_ek_nonce(stored, b"") == cmd.ek_template("rsa")  # padding dropped
+
+
+def test_stored_ecc_template_gets_the_nonce_in_x() -> None:
+    template = cmd.with_ek_nonce(cmd.ek_template("ecc") + b"\xff", b"\x09" * 8)
+    public = TPMT_PUBLIC.unmarshal(template)[0]
+    assert bytes(public.unique.ecc.x) == b"\x09" * 8 + bytes(24)
+    assert bytes(public.unique.ecc.y) == bytes(32)
+    assert template[: len(template) - 68] == cmd.ek_template("ecc")[: len(template) - 68]
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [b"", b"\x00\x01\x00", cmd.ek_template("rsa")[:-10], b"\x00\x08" + bytes(40)],
+)
+def test_unusable_stored_templates_are_value_errors(stored: bytes) -> None:
+    with pytest.raises(ValueError, match="EK template"):
+        cmd.with_ek_nonce(stored, b"n")

@@ -124,6 +124,11 @@ def test_frozen_and_replaceable() -> None:
             r"containers\[0\]\.zone: unknown key",
         ),
         ({"colour": "blue"}, "colour: unknown key"),
+        ({"rpc_timeout_seconds": 1e300}, "rpc_timeout_seconds: must be less than or equal"),
+        ({"interval_seconds": 10**9}, "interval_seconds: must be less than or equal"),
+        ({"verifier": "verifier.example"}, "verifier: bad target .*host:port"),
+        ({"verifier": "[::1"}, r"verifier: bad target .*\[ipv6-address\]:port"),
+        ({"verifier": "host:https"}, "verifier: bad target .*port"),
     ],
 )
 def test_invalid_values_name_the_field(settings: dict[str, Any], needle: str) -> None:
@@ -276,3 +281,15 @@ def test_imports_nothing_heavy() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_a_file_that_is_not_text_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_bytes(b"node_id: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_agent_config(path, environ={})
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1:50051", "[::1]:5", "unix:/run/v.sock"])
+def test_verifier_targets_the_channel_dials(target: str) -> None:
+    assert AgentConfig(verifier=target).verifier == target

@@ -350,3 +350,13 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))
 def test_bad_metadata_is_refused(pair: tuple[str, str]) -> None:
     with pytest.raises(ValueError, match="metadata"):
         Channel("127.0.0.1:1").unary("/a.B/C", b"", timeout=1, metadata=[pair])
+
+
+def test_ca_files_of_any_bytes_are_handed_to_ssl_as_they_are() -> None:
+    from lightgate.wire.channel import _ca_data
+
+    pem = "# Certificat racine \u00e9mis par \u00c9\n-----BEGIN CERTIFICATE-----\n".encode(
+        "latin-1"
+    )
+    assert _ca_data(pem) == pem.decode("latin-1")
+    assert _ca_data(b"\x30\x82\x01\x0a") == b"\x30\x82\x01\x0a"  # DER stays bytes
