@@ -49,6 +49,7 @@ from verifier.evidence.tpm_structures import (
     marshal_pcr_selection,
     read_pcr_selection,
     tpm2b,
+    unwrap_tpm2b,
 )
 
 if TYPE_CHECKING:
@@ -158,6 +159,7 @@ class Tpm:
         self._endorsement: Endorsement | None = None
         self._loaded_ak: tuple[AkBlobs, int] | None = None
         self._loaded_bound_key: tuple[BoundKeyBlobs, int] | None = None
+        self._nv_buffer: int | None = None  # TPM_PT_NV_BUFFER_MAX, asked once
         self._closed = False
 
     def close(self) -> None:
@@ -261,6 +263,11 @@ class Tpm:
 
     def _nv_buffer_max(self) -> int:
         """TPM_PT_NV_BUFFER_MAX: the most TPM2_NV_Read returns at once."""
+        if self._nv_buffer is None:
+            self._nv_buffer = self._ask_nv_buffer_max()
+        return self._nv_buffer
+
+    def _ask_nv_buffer_max(self) -> int:
         response = self.execute(
             CC.GetCapability,
             (),
@@ -397,7 +404,7 @@ class Tpm:
             reader.u16("creationTicket.tag")
             reader.u32("creationTicket.hierarchy")
             reader.tpm2b("creationTicket.digest")
-            ticket = response.parameters[start : reader.offset]
+            ticket = reader.since(start)
             reader.end()
         except TpmStructureMalformed as exc:
             raise TpmError(f"{what}: {exc}") from None
@@ -417,10 +424,8 @@ class Tpm:
         """TPM2_Load of a child of the EK (the AK, the bound key) from its blobs."""
         ek = self._load_ek()
         try:
-            for blob, name in ((private_blob, "TPM2B_PRIVATE"), (public_blob, "TPM2B_PUBLIC")):
-                reader = Reader(blob, name)
-                reader.tpm2b(name)
-                reader.end()
+            unwrap_tpm2b(private_blob, "TPM2B_PRIVATE")
+            unwrap_tpm2b(public_blob, "TPM2B_PUBLIC")
         except TpmStructureMalformed as exc:
             raise TpmError(f"the persisted {what} is corrupt: {exc}") from None
         response = self._with_ek_policy(
@@ -519,8 +524,8 @@ class Tpm:
         try:
             if len(nonce) > 64:
                 raise TpmStructureMalformed("qualifyingData", 0, f"{len(nonce)} bytes")
-            creation_hash = _whole_tpm2b(key.creation_hash, "TPM2B_DIGEST")
-            creation_data = _whole_tpm2b(key.creation_data, "TPM2B_CREATION_DATA")
+            creation_hash = unwrap_tpm2b(key.creation_hash, "TPM2B_DIGEST")
+            creation_data = unwrap_tpm2b(key.creation_data, "TPM2B_CREATION_DATA")
         except TpmStructureMalformed as exc:
             raise TpmError(
                 f"the bound key's creation record or the nonce is unusable: {exc}"
@@ -703,13 +708,6 @@ def _attest_and_signature(response: cmd.Response, command: str) -> tuple[bytes, 
     except TpmStructureMalformed as exc:
         raise TpmError(f"{command}: {exc}") from None
     return attest, signature
-
-
-def _whole_tpm2b(blob: bytes, structure: str) -> bytes:
-    reader = Reader(blob, structure)
-    payload = reader.tpm2b(structure)
-    reader.end()
-    return payload
 
 
 def _signing_scheme(ak: AkBlobs) -> bytes:

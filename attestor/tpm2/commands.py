@@ -248,18 +248,14 @@ def read_signature(reader: Reader) -> bytes:
         reader.tpm2b("signature.s", 66)
     else:
         raise reader.fail(f"signature algorithm 0x{sig_alg:04x} is not RSASSA, RSAPSS or ECDSA")
-    end = reader.offset
-    reader.offset = start
-    return reader.take(end - start, "signature")
+    return reader.since(start)
 
 
 def read_tpm2b_whole(reader: Reader, what: str) -> bytes:
     """A TPM2B with its size prefix, as the blobs the agent persists keep it."""
     start = reader.offset
     reader.tpm2b(what)
-    end = reader.offset
-    reader.offset = start
-    return reader.take(end - start, what)
+    return reader.since(start)
 
 
 # --- key templates --------------------------------------------------------------------
@@ -296,8 +292,11 @@ def ek_template(kind: str, nonce: bytes = b"") -> bytes:
     return with_ek_nonce(marshal_public(public), nonce)
 
 
-_ECC_KEY_BYTES: Final = {EccCurve.NIST_P256: 32, EccCurve.NIST_P384: 48, EccCurve.NIST_P521: 66}
-_ECC_CURVES: Final = frozenset(int(curve) for curve in EccCurve)
+_ECC_KEY_BYTES: Final[dict[int, int]] = {
+    EccCurve.NIST_P256: 32,
+    EccCurve.NIST_P384: 48,
+    EccCurve.NIST_P521: 66,
+}
 
 
 def with_ek_nonce(template: bytes, nonce: bytes) -> bytes:
@@ -338,7 +337,7 @@ def with_ek_nonce(template: bytes, nonce: bytes) -> bytes:
             x = reader.tpm2b("unique.x", 66)
             y = reader.tpm2b("unique.y", 66)
             if nonce:
-                size = _ECC_KEY_BYTES.get(EccCurve(curve), 32) if curve in _ECC_CURVES else 32
+                size = _ECC_KEY_BYTES.get(curve, 32)
                 x, y = nonce.ljust(size, b"\x00")[:size], bytes(size)
             return template[:prefix] + tpm2b(x) + tpm2b(y)
     except TpmStructureMalformed as exc:

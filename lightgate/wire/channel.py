@@ -473,11 +473,7 @@ class Channel:
             while not call.ended and call.reset_code is None:
                 self._pump(conn, call, deadline)
         except TimeoutError:
-            # Reset the stream so the server stops work, then drop the connection: a
-            # peer that went silent (a half-open TCP connection after a NAT timeout or a
-            # host that vanished) would make every later call wait out its deadline.
-            self._cancel(conn, call)
-            self._drop()
+            self._cancel(conn, call)  # a peer that went silent may be half-open: not reused
             raise RpcError(
                 StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded calling {method}"
             ) from None
@@ -486,10 +482,7 @@ class Channel:
             raise
         except RpcError as error:
             if error.code == StatusCode.RESOURCE_EXHAUSTED:
-                # The rest of the response is never read, and its flow-control window
-                # never returned: the connection is not reused.
                 self._cancel(conn, call)
-                self._drop()
             else:
                 self._drop()
             raise
@@ -614,17 +607,15 @@ class Channel:
             )
 
     def _cancel(self, conn: _Connection, call: _Call | None) -> None:
-        """Reset the stream so the server stops work; keep the connection if the reset
-        could be written, else drop it (its state would be unknown)."""
-        if call is None or not conn.usable:
-            self._drop()
-            return
-        try:
-            conn.h2.reset_stream(call.stream_id, h2.errors.ErrorCodes.CANCEL)
-            conn.sock.settimeout(1.0)
-            conn.flush()
-        except (OSError, h2.exceptions.H2Error):
-            self._drop()
+        """Reset the stream so the server stops work (best effort), then drop the
+        connection: after a deadline the peer may be gone, and after an oversized
+        response the unread data's flow-control window is never returned."""
+        if call is not None and conn.usable:
+            with contextlib.suppress(OSError, h2.exceptions.H2Error):
+                conn.h2.reset_stream(call.stream_id, h2.errors.ErrorCodes.CANCEL)
+                conn.sock.settimeout(1.0)
+                conn.flush()
+        self._drop()
 
     # -- response ---------------------------------------------------------------------
 

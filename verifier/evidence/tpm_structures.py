@@ -157,6 +157,10 @@ class Reader:
             raise self.fail(f"{what}.size {size} exceeds {limit}")
         return self.take(size, what)
 
+    def since(self, start: int) -> bytes:
+        """The bytes read from offset `start` up to here (a structure kept as marshalled)."""
+        return self._buf[start : self.offset]
+
     def end(self) -> None:
         if self.offset != len(self._buf):
             raise self.fail(f"{len(self._buf) - self.offset} trailing bytes")
